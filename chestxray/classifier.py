@@ -1,0 +1,128 @@
+"""Load a pneumonia classifier (Hub id or folder) and turn images into calibrated decisions.
+
+The decision threshold and calibration temperature travel inside the model's `config.json`,
+so the app, the CLI and the evaluation script all make exactly the same call on an image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+from chestxray.imaging import to_model_input
+
+POSITIVE_LABEL = "PNEUMONIA"
+NEGATIVE_LABEL = "NORMAL"
+SUPPORTED_MODEL_TYPES = ("convnext", "vit")
+# Only these files are fetched from the Hub: weights as safetensors, never pickles or code.
+HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "README.md"]
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message says which model and what to do."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's outcome, in the terms a reader of the app or the CSV needs."""
+
+    pneumonia_probability: float
+    decision: str
+    threshold: float
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        return {POSITIVE_LABEL: self.pneumonia_probability, NEGATIVE_LABEL: 1.0 - self.pneumonia_probability}
+
+
+class PneumoniaClassifier:
+    """A loaded model with its processor and operating point."""
+
+    def __init__(self, model, processor, source: str = "") -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.source = source
+        config = model.config
+        labels = {name.upper(): int(index) for name, index in config.label2id.items()}
+        if set(labels) != {POSITIVE_LABEL, NEGATIVE_LABEL}:
+            raise ModelLoadError(f"{source}: expected labels NORMAL and PNEUMONIA, found {sorted(config.label2id)}.")
+        self.positive_index = labels[POSITIVE_LABEL]
+        self.threshold = float(getattr(config, "decision_threshold", 0.5))
+        self.temperature = float(getattr(config, "calibration_temperature", 1.0))
+
+    @classmethod
+    def from_pretrained(cls, model_id_or_path: str | Path, revision: str | None = None) -> "PneumoniaClassifier":
+        folder = resolve_model_folder(model_id_or_path, revision)
+        try:
+            model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
+            processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"Cannot load the model from `{model_id_or_path}`: {error}") from None
+        if model.config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ModelLoadError(
+                f"`{model_id_or_path}` is a {model.config.model_type} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
+            )
+        return cls(model, processor, source=str(model_id_or_path))
+
+    @property
+    def image_size(self) -> int:
+        size = self.processor.size
+        return int(size.get("height") or size.get("shortest_edge"))
+
+    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        inputs = self.processor(images=[to_model_input(image) for image in images], return_tensors="pt")
+        return inputs["pixel_values"]
+
+    def calibrated_probabilities(self, logits: torch.Tensor) -> np.ndarray:
+        """P(PNEUMONIA) after temperature scaling."""
+        probabilities = torch.softmax(logits.float() / self.temperature, dim=-1)
+        return probabilities[:, self.positive_index].numpy()
+
+    @torch.inference_mode()
+    def logits(self, images: Sequence[Image.Image], batch_size: int = 16) -> torch.Tensor:
+        chunks = [
+            self.model(pixel_values=self.pixel_values(images[start : start + batch_size])).logits
+            for start in range(0, len(images), batch_size)
+        ]
+        return torch.cat(chunks) if chunks else torch.zeros(0, 2)
+
+    def pneumonia_probabilities(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
+        return self.calibrated_probabilities(self.logits(images, batch_size))
+
+    def decide(self, pneumonia_probability: float) -> Prediction:
+        decision = POSITIVE_LABEL if pneumonia_probability >= self.threshold else NEGATIVE_LABEL
+        return Prediction(float(pneumonia_probability), decision, self.threshold)
+
+    def predict(self, images: Sequence[Image.Image], batch_size: int = 16) -> list[Prediction]:
+        return [self.decide(p) for p in self.pneumonia_probabilities(images, batch_size)]
+
+
+def resolve_model_folder(model_id_or_path: str | Path, revision: str | None = None) -> Path:
+    """A local folder as is; otherwise a Hub repo id, downloaded (safetensors and JSON only) and cached."""
+    path = Path(model_id_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "model.safetensors").is_file():
+            raise ModelLoadError(f"`{path}` has no model.safetensors (only safetensors weights are loaded).")
+        return path
+    if path.exists() or str(model_id_or_path).count("/") != 1:
+        raise ModelLoadError(f"`{model_id_or_path}` is neither a model folder nor a Hub repo id (user/name).")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(str(model_id_or_path), revision=revision, allow_patterns=HUB_ALLOW_PATTERNS))
+    except LocalEntryNotFoundError:
+        raise ModelLoadError(
+            f"Cannot download `{model_id_or_path}` from the Hugging Face Hub (offline, and not in the local cache)."
+        ) from None
+    except (HfHubHTTPError, OSError) as error:
+        raise ModelLoadError(f"Cannot download `{model_id_or_path}` from the Hugging Face Hub: {error}") from None
+    if not (folder / "model.safetensors").is_file():
+        raise ModelLoadError(f"Hub repo `{model_id_or_path}` has no model.safetensors (only safetensors weights are loaded).")
+    return folder

@@ -1,0 +1,67 @@
+"""The local `evaluate` metric against scikit-learn; temperature and threshold selection on known scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
+
+from train.calibration import choose_threshold, expected_calibration_error, fit_temperature
+from train.report import load_metric
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("threshold", [0.2, 0.5, 0.83])
+def test_metric_module_agrees_with_scikit_learn(seed, threshold):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300)
+    scores = np.clip(labels * 0.3 + rng.normal(0.35, 0.25, 300), 0, 1).round(2)  # rounding makes ties
+    result = load_metric().compute(references=labels, prediction_scores=scores, threshold=threshold)
+    called = (scores >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(labels, called, labels=[0, 1]).ravel()
+    assert result["confusion_matrix"] == [[tn, fp], [fn, tp]]
+    assert result["accuracy"] == pytest.approx(accuracy_score(labels, called))
+    assert result["precision"] == pytest.approx(precision_score(labels, called, zero_division=0))
+    assert result["recall"] == pytest.approx(recall_score(labels, called))
+    assert result["specificity"] == pytest.approx(recall_score(labels, called, pos_label=0))
+    assert result["f1"] == pytest.approx(f1_score(labels, called, zero_division=0))
+    assert result["roc_auc"] == pytest.approx(roc_auc_score(labels, scores))
+
+
+def test_metric_module_with_one_class_has_no_auc():
+    result = load_metric().compute(references=[1, 1, 1], prediction_scores=[0.9, 0.2, 0.7], threshold=0.5)
+    assert result["roc_auc"] is None
+    assert result["sensitivity"] == pytest.approx(2 / 3)
+
+
+def test_threshold_meets_the_sensitivity_floor_with_the_best_youden_j():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    scores = np.array([0.05, 0.2, 0.3, 0.55, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95])
+    threshold, sensitivity, specificity = choose_threshold(labels, scores, "youden_at_min_sensitivity", 0.95)
+    # every positive must be caught (6/6 >= 0.95): the cut is at 0.4, placed halfway down to 0.3
+    assert threshold == pytest.approx(0.35)
+    assert (sensitivity, specificity) == (1.0, 0.75)
+    # without the floor the best J cuts at 0.6 (sens 5/6, spec 1.0), halfway down to 0.55
+    threshold, sensitivity, specificity = choose_threshold(labels, scores, "youden")
+    assert threshold == pytest.approx(0.575)
+    assert (sensitivity, specificity) == (pytest.approx(5 / 6), 1.0)
+    assert choose_threshold(labels, scores, "fixed", fixed_threshold=0.5)[0] == 0.5
+
+
+def test_temperature_recovers_the_true_scale_and_improves_calibration():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2.0, (4000, 2))
+    labels = np.array([rng.random() < p for p in softmax(true_logits, axis=1)[:, 1]]).astype(int)
+    overconfident = true_logits * 3.0  # the model's logits are three times too large
+    temperature = fit_temperature(overconfident, labels)
+    assert temperature == pytest.approx(3.0, rel=0.1)
+    before = expected_calibration_error(labels, softmax(overconfident, axis=1)[:, 1])
+    after = expected_calibration_error(labels, softmax(overconfident / temperature, axis=1)[:, 1])
+    assert after < before / 2
+
+
+def test_expected_calibration_error_of_known_cases():
+    assert expected_calibration_error([1, 0, 1, 0], [1.0, 0.0, 1.0, 0.0]) == pytest.approx(0.0)
+    # all scores 0.8 but only half positive: |0.5 - 0.8| = 0.3
+    assert expected_calibration_error([1, 0, 1, 0], [0.8] * 4) == pytest.approx(0.3)

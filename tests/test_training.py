@@ -1,0 +1,159 @@
+"""Train -> model folder -> pipeline() -> evaluate CLI -> card, as an ML engineer would use them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import AutoModelForImageClassification, pipeline
+from transformers.trainer_utils import get_last_checkpoint
+
+from conftest import CORRUPT_FILE, synthetic_xray, tiny_training_args
+from train.card import render_card
+from train.data import patient_id
+from train.pipeline import main as train_main
+from train.evaluate import main as evaluate_main
+
+HUB_FILES = ["config.json", "model.safetensors", "preprocessor_config.json", "README.md", "training_args.json",
+             "training_summary.json", "metrics_validation.json", "metrics_test.json", "splits/train.csv",
+             "splits/validation.csv", "splits/test.csv", "training_curves.png", "validation_confusion_matrix.png",
+             "validation_roc.png", "validation_reliability.png"]
+
+
+def card_metadata(model_dir: Path) -> dict:
+    text = (model_dir / "README.md").read_text()
+    return yaml.safe_load(text.split("---")[1])
+
+
+def model_index_values(model_dir: Path) -> dict[tuple[str, str], float]:
+    results = card_metadata(model_dir)["model-index"][0]["results"]
+    return {(r["dataset"]["split"], m["type"]): m["value"] for r in results for m in r["metrics"]}
+
+
+def test_output_folder_is_a_complete_hub_repo(trained_model):
+    for name in HUB_FILES:
+        assert (trained_model / name).is_file(), name
+    top_level_pickles = [p.name for p in trained_model.iterdir() if p.suffix in (".bin", ".pt", ".pkl", ".pth")]
+    assert top_level_pickles == []
+    config = json.loads((trained_model / "config.json").read_text())
+    assert config["id2label"] == {"0": "NORMAL", "1": "PNEUMONIA"}
+    assert 0.0 <= config["decision_threshold"] <= 1.0
+    assert config["calibration_temperature"] > 0
+
+
+def test_pipeline_loads_the_folder_unchanged_and_predicts(trained_model):
+    model = AutoModelForImageClassification.from_pretrained(trained_model)
+    assert model.config.label2id == {"NORMAL": 0, "PNEUMONIA": 1}
+    classifier = pipeline("image-classification", model=str(trained_model))
+    results = classifier([synthetic_xray(0, 12345), synthetic_xray(1, 12346)])
+    for scores in results:
+        assert {r["label"] for r in scores} == {"NORMAL", "PNEUMONIA"}
+        assert sum(r["score"] for r in scores) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_model_learns_the_synthetic_task(trained_model):
+    report = json.loads((trained_model / "metrics_validation.json").read_text())
+    assert report["metrics"]["roc_auc"] >= 0.9  # bright opacities vs clear lungs is easy
+
+
+def test_corrupt_image_is_skipped_and_counted(trained_model):
+    summary = json.loads((trained_model / "training_summary.json").read_text())
+    assert summary["skipped_files"] == {"train": [CORRUPT_FILE]}
+    train_row = next(row for row in summary["split_counts"] if row["split"] == "train")
+    assert train_row["skipped"] == 1
+    card = (trained_model / "README.md").read_text()
+    assert "| train |" in card and "| 1 |" in card
+    listed = (trained_model / "splits" / "train.csv").read_text() + (trained_model / "splits" / "validation.csv").read_text()
+    assert CORRUPT_FILE not in listed
+
+
+def test_splits_keep_each_patient_on_one_side_and_never_touch_test(trained_model):
+    def patients(split: str) -> set[str]:
+        rows = (trained_model / "splits" / f"{split}.csv").read_text().splitlines()[1:]
+        return {patient_id(row.split(",")[0]) for row in rows}
+
+    train, validation, test = patients("train"), patients("validation"), patients("test")
+    assert train and validation and test
+    assert not train & validation
+    assert not (train | validation) & test
+
+
+def test_card_carries_the_measured_numbers(trained_model):
+    values = model_index_values(trained_model)
+    for split in ("validation", "test"):
+        measured = json.loads((trained_model / f"metrics_{split}.json").read_text())["metrics"]
+        for metric in ("roc_auc", "accuracy", "sensitivity", "specificity", "f1"):
+            assert values[(split, metric)] == pytest.approx(measured[metric], abs=1e-4)
+    metadata = card_metadata(trained_model)
+    assert metadata["pipeline_tag"] == "image-classification"
+    assert metadata["datasets"] == ["hf-vision/chest-xray-pneumonia"]
+    text = (trained_model / "README.md").read_text()
+    assert "not a medical device" in text
+    assert "Trained from scratch" in text
+    assert "patient-level hold-out" in text
+
+
+def test_evaluate_cli_uses_stored_threshold_and_updates_the_card(trained_model, tiny_image_folder, tmp_path, capsys):
+    import shutil
+
+    model_copy = tmp_path / "model"
+    shutil.copytree(trained_model, model_copy, ignore=shutil.ignore_patterns("checkpoint-*"))
+    (model_copy / "metrics_test.json").unlink()
+    render_card(model_copy)
+    assert ("test", "roc_auc") not in model_index_values(model_copy)
+
+    code = evaluate_main(["--model", str(model_copy), "--data_dir", str(tiny_image_folder), "--split", "test", "--update_card"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out.split("\nskipped")[0])
+    stored_threshold = json.loads((model_copy / "config.json").read_text())["decision_threshold"]
+    assert printed["threshold"] == pytest.approx(stored_threshold)
+    assert printed["support"] == 16
+    assert model_index_values(model_copy)[("test", "roc_auc")] == pytest.approx(printed["roc_auc"], abs=1e-4)
+    assert (model_copy / "test_confusion_matrix.png").is_file()
+    # Same model, same data, same stored operating point: the training-time test report is reproduced.
+    original = json.loads((trained_model / "metrics_test.json").read_text())["metrics"]
+    assert printed["confusion_matrix"] == original["confusion_matrix"]
+
+
+def test_evaluate_cli_reports_a_missing_split_clearly(trained_model, tiny_image_folder, tmp_path, capsys):
+    code = evaluate_main(["--model", str(trained_model), "--data_dir", str(tiny_image_folder), "--split", "validation",
+                          "--output_dir", str(tmp_path)])
+    assert code == 1
+    assert "No `validation` split" in capsys.readouterr().err
+
+
+def test_training_accepts_one_json_file(tiny_image_folder, tmp_path):
+    from train.pipeline import parse_arguments
+
+    config = {"data_dir": str(tiny_image_folder), "output_dir": str(tmp_path / "out"), "model_size": "femto",
+              "image_size": 64, "learning_rate": 0.002, "horizontal_flip": True}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    model_args, data_args, training_args = parse_arguments([str(path)])
+    assert (model_args.model_size, model_args.image_size, data_args.horizontal_flip) == ("femto", 64, True)
+    assert training_args.learning_rate == 0.002
+    assert training_args.metric_for_best_model == "roc_auc" and training_args.load_best_model_at_end
+
+
+def test_both_data_sources_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(ValueError, match="exactly one of --dataset_name"):
+        from train.pipeline import parse_arguments
+
+        parse_arguments(["--data_dir", str(tmp_path), "--dataset_name", "a/b"])
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_image_folder, tmp_path):
+    output_dir = tmp_path / "resumable"
+    first = tiny_training_args(tiny_image_folder, output_dir, "--early_stopping_patience", "0", "--save_total_limit", "5")
+    assert train_main([*first[:first.index("--num_train_epochs")], "--num_train_epochs", "2",
+                       *first[first.index("--num_train_epochs") + 2:]]) == 0
+    state_after_two = json.loads((Path(get_last_checkpoint(output_dir)) / "trainer_state.json").read_text())
+    assert state_after_two["epoch"] == 2
+    assert train_main([*first, "--resume_from_checkpoint", "last"]) == 0
+    final_state = json.loads((Path(get_last_checkpoint(output_dir)) / "trainer_state.json").read_text())
+    assert final_state["epoch"] == 3
+    evals = lambda state: [row["eval_loss"] for row in state["log_history"] if "eval_loss" in row]
+    # the first two epochs were not redone: their history is carried over as it was
+    assert evals(final_state)[:2] == evals(state_after_two)

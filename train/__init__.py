@@ -1,0 +1,1 @@
+"""Training, evaluation and publishing of the pneumonia classifier (`python -m train ...`)."""

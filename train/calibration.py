@@ -1,0 +1,94 @@
+"""Choose the operating point on validation: a temperature for honest probabilities, then a threshold."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    threshold: float
+    temperature: float
+    strategy: str
+    min_sensitivity: float | None
+    validation_sensitivity: float
+    validation_specificity: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The single T > 0 that minimises validation negative log-likelihood of softmax(logits / T)."""
+    logits, labels = np.asarray(logits, dtype=float), np.asarray(labels, dtype=int)
+
+    def nll(log_t: float) -> float:
+        return -float(np.mean(log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)), labels]))
+
+    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def positive_probabilities(logits: np.ndarray, temperature: float, positive_index: int = 1) -> np.ndarray:
+    return softmax(np.asarray(logits, dtype=float) / temperature, axis=1)[:, positive_index]
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray, strategy: str, min_sensitivity: float = 0.95,
+                     fixed_threshold: float = 0.5) -> tuple[float, float, float]:
+    """(threshold, sensitivity, specificity) on these scores; a score >= threshold is called positive.
+
+    Among the cut points allowed by the strategy, the best Youden's J wins (ties: the higher
+    specificity). The threshold is then placed halfway to the next lower score, so validation
+    decisions are unchanged but the largest margin is left for unseen data.
+    """
+    labels, scores = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
+    if strategy == "fixed":
+        return (fixed_threshold, *_rates(labels, scores, fixed_threshold))
+    candidates = np.unique(scores)[::-1]
+    best = None
+    for index, cut in enumerate(candidates):
+        sensitivity, specificity = _rates(labels, scores, cut)
+        if strategy == "youden_at_min_sensitivity" and sensitivity < min_sensitivity:
+            continue
+        key = (sensitivity + specificity - 1, specificity)
+        if best is None or key > best[0]:
+            lower = candidates[index + 1] if index + 1 < len(candidates) else 0.0
+            best = (key, (cut + lower) / 2, sensitivity, specificity)
+    if best is None:  # no cut reaches the floor: call everything positive but keep the math honest
+        return (0.0, *_rates(labels, scores, 0.0))
+    return best[1], best[2], best[3]
+
+
+def _rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float]:
+    called = scores >= threshold
+    positives, negatives = labels == 1, labels == 0
+    sensitivity = float(called[positives].mean()) if positives.any() else 0.0
+    specificity = float((~called[negatives]).mean()) if negatives.any() else 0.0
+    return sensitivity, specificity
+
+
+def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int = 15) -> float:
+    """ECE of the positive-class probability: mean |accuracy - confidence| over equal-width bins, weighted."""
+    labels, scores = np.asarray(labels, dtype=float), np.asarray(scores, dtype=float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            error += in_bin.mean() * abs(labels[in_bin].mean() - scores[in_bin].mean())
+    return float(error)
+
+
+def reliability_curve(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean predicted, observed frequency, count) per non-empty bin, for the reliability diagram."""
+    labels, scores = np.asarray(labels, dtype=float), np.asarray(scores, dtype=float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+    rows = [(scores[which == b].mean(), labels[which == b].mean(), (which == b).sum()) for b in range(bins) if (which == b).any()]
+    predicted, observed, counts = (np.array(column) for column in zip(*rows)) if rows else (np.zeros(0),) * 3
+    return predicted, observed, counts

@@ -1,0 +1,76 @@
+"""Render the model card from what sits in the model folder: the training summary and every metrics file.
+
+The card is always a function of measured files, so `train.evaluate --update_card` and a re-render
+before a push can never disagree with the numbers next to the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_card.md"
+SUMMARY_FILE = "training_summary.json"
+CARD_METRICS = {"roc_auc": "ROC-AUC", "accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1"}
+DEFAULT_SPACE_ID = "YOUR_USER/pneumonia-xray-demo"
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def load_reports(model_dir: Path) -> list[dict]:
+    """metrics_<split>.json files, validation first."""
+    reports = [json.loads(path.read_text()) for path in sorted(model_dir.glob("metrics_*.json"))]
+    return sorted(reports, key=lambda report: (report["split"] != "validation", report["split"]))
+
+
+def eval_results(reports: list[dict], dataset_id: str) -> list[EvalResult]:
+    return [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Pneumonia classification",
+            dataset_type=dataset_id,
+            dataset_name=report["dataset"],
+            dataset_split=report["split"],
+            metric_type=metric,
+            metric_name=name,
+            metric_value=round(float(report["metrics"][metric]), 4),
+        )
+        for report in reports
+        for metric, name in CARD_METRICS.items()
+        if report["metrics"].get(metric) is not None
+    ]
+
+
+def render_card(model_dir: str | Path, repo_id: str | None = None, space_id: str | None = None) -> ModelCard:
+    """Write `README.md` in `model_dir` from `model_card.md` and the measured results; return the card."""
+    model_dir = Path(model_dir)
+    summary = json.loads((model_dir / SUMMARY_FILE).read_text())
+    reports = load_reports(model_dir)
+    repo_id = repo_id or summary.get("hub_model_id") or f"YOUR_USER/{model_dir.name}"
+    card_data = ModelCardData(
+        model_name=repo_id.split("/")[-1],
+        license="cc-by-4.0",
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=["medical-imaging", "chest-x-ray", "pneumonia", "image-classification", summary["model_type"]],
+        datasets=[summary["dataset_id"]],
+        base_model=summary.get("base_model"),
+        metrics=["roc_auc", "accuracy", "recall", "precision", "f1"],
+        eval_results=eval_results(reports, summary["dataset_id"]) or None,
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE_PATH),
+        fmt=_fmt,
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        space_id=space_id or summary.get("space_id") or DEFAULT_SPACE_ID,
+        reports=reports,
+        **{key: value for key, value in summary.items() if key not in ("hub_model_id", "space_id")},
+    )
+    card.save(model_dir / "README.md")
+    return card

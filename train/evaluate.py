@@ -1,0 +1,75 @@
+"""`python -m train.evaluate`: metrics and figures for any model on any split, at the model's stored threshold."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from transformers import HfArgumentParser
+
+from chestxray.classifier import ModelLoadError, PneumoniaClassifier
+from train.card import SUMMARY_FILE, render_card
+from train.data import drop_unreadable, load_raw_dataset
+from train.report import evaluate_split
+
+
+@dataclass
+class EvaluationArguments:
+    model: str = field(metadata={"help": "Model folder or Hub repo id."})
+    revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the model."})
+    data_dir: Optional[str] = field(default=None, metadata={"help": "Image folder DIR/<split>/{NORMAL,PNEUMONIA}."})
+    dataset_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset id."})
+    dataset_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the dataset."})
+    split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    output_dir: Optional[str] = field(
+        default=None, metadata={"help": "Where metrics and figures go (default: evaluation/<model>/, or the model folder with --update_card)."}
+    )
+    update_card: bool = field(default=False, metadata={"help": "Add these results to the model card's model-index (local folder)."})
+
+    def __post_init__(self) -> None:
+        if (self.dataset_name is None) == (self.data_dir is None):
+            raise ValueError("Give exactly one of --data_dir or --dataset_name.")
+
+
+def run(args: EvaluationArguments) -> dict:
+    model_folder = Path(args.model)
+    if args.update_card and not (model_folder / SUMMARY_FILE).is_file():
+        raise ValueError(f"--update_card needs a local model folder written by `python -m train` ({SUMMARY_FILE} not found in {args.model}).")
+    classifier = PneumoniaClassifier.from_pretrained(args.model, revision=args.revision)
+    raw = load_raw_dataset(args.dataset_name, args.data_dir, args.dataset_revision)
+    if args.split not in raw:
+        raise ValueError(f"No `{args.split}` split in the data; available: {', '.join(raw)}.")
+    dataset, skipped = drop_unreadable(raw[args.split], args.split)
+    if args.update_card:
+        output_dir = model_folder
+    else:
+        output_dir = Path(args.output_dir or Path("evaluation") / Path(str(args.model).rstrip("/")).name)
+    source = args.dataset_name or args.data_dir
+    report = evaluate_split(classifier, dataset, args.split, f"`{args.split}` split of {source}", output_dir)
+    report["skipped_files"] = skipped
+    (output_dir / f"metrics_{args.split}.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.update_card:
+        render_card(model_folder)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        (args,) = HfArgumentParser(EvaluationArguments).parse_args_into_dataclasses(args=argv)
+        report = run(args)
+    except (ModelLoadError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    metrics = report["metrics"]
+    print(json.dumps({k: metrics[k] for k in ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "ece",
+                                                "threshold", "confusion_matrix", "support")}, indent=2))
+    if report["skipped_files"]:
+        print(f"skipped {len(report['skipped_files'])} unreadable images: {', '.join(report['skipped_files'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""`python -m train`: fine-tune or train a ViT/ConvNeXt pneumonia classifier and write a Hub-ready folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import platform
+import random
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from PIL import Image
+from transformers import EarlyStoppingCallback, HfArgumentParser, Trainer, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from chestxray.classifier import PneumoniaClassifier
+from chestxray.imaging import to_model_input
+from train.arguments import DataArguments, ModelArguments, XRayTrainingArguments
+from train.augment import XRayAugmentation
+from train.calibration import OperatingPoint, choose_threshold, fit_temperature, positive_probabilities
+from train.card import SUMMARY_FILE, render_card
+from train.data import LABEL_NAMES, PreparedData, load_image, load_raw_dataset, prepare_splits, write_split_lists
+from train.figures import training_curves
+from train.modeling import build_model
+from train.push import PushError, hub_token, push_model_folder
+from train.report import dataset_logits, evaluate_split, load_metric
+
+logger = logging.getLogger("train")
+
+
+def parse_arguments(argv: list[str] | None = None):
+    parser = HfArgumentParser((ModelArguments, DataArguments, XRayTrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=str(Path(argv[0]).resolve()))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def make_transforms(processor, image_size: int, augmentation: XRayAugmentation):
+    """Lazy `set_transform` functions: augmentation on train only, one processor for every split."""
+
+    def to_pixels(images: list[Image.Image]) -> list[torch.Tensor]:
+        return list(processor(images=[to_model_input(image) for image in images], return_tensors="pt")["pixel_values"])
+
+    def train_transform(batch: dict) -> dict:
+        # Squash to the model size first (what the processor would do) so augmentation works on few pixels.
+        images = [load_image(cell).resize((image_size, image_size), Image.Resampling.BILINEAR) for cell in batch["image"]]
+        return {"pixel_values": to_pixels([augmentation(image, random) for image in images]), "labels": batch["label"]}
+
+    def eval_transform(batch: dict) -> dict:
+        return {"pixel_values": to_pixels([load_image(cell) for cell in batch["image"]]), "labels": batch["label"]}
+
+    return train_transform, eval_transform
+
+
+def collate(examples: list[dict]) -> dict:
+    return {
+        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+        "labels": torch.tensor([example["labels"] for example in examples]),
+    }
+
+
+def class_weights(labels: list[int], mode: str) -> torch.Tensor | None:
+    """Inverse class frequency (n / (k * count)), so the 1 : 2.9 imbalance does not bias the loss."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=len(LABEL_NAMES)).astype(float)
+    return torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def make_loss(weights: torch.Tensor | None, label_smoothing: float):
+    def weighted_cross_entropy(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        weight = weights.to(logits.device) if weights is not None else None
+        loss = F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing, reduction="sum")
+        return loss / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
+
+    return weighted_cross_entropy
+
+
+def make_compute_metrics():
+    metric = load_metric()
+
+    def compute_metrics(eval_prediction) -> dict:
+        scores = positive_probabilities(eval_prediction.predictions, 1.0)
+        result = metric.compute(references=eval_prediction.label_ids, prediction_scores=scores, threshold=0.5)
+        return {key: value for key, value in result.items() if isinstance(value, float)}
+
+    return compute_metrics
+
+
+def resolve_checkpoint(training_args) -> str | None:
+    """`--resume_from_checkpoint PATH`, or `last`/`true` for the newest checkpoint in the output folder."""
+    requested = training_args.resume_from_checkpoint
+    if requested is None or str(requested).lower() in ("", "false", "none"):
+        return None
+    if str(requested).lower() in ("true", "last", "latest"):
+        checkpoint = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+        if checkpoint is None:
+            logger.warning("No checkpoint in %s: starting from scratch.", training_args.output_dir)
+        return checkpoint
+    if not Path(requested).is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {requested} does not exist.")
+    return str(requested)
+
+
+def select_operating_point(classifier: PneumoniaClassifier, logits: np.ndarray, labels: np.ndarray, model_args) -> OperatingPoint:
+    """Temperature, then threshold, both on validation only; stored into the model config."""
+    temperature = fit_temperature(logits, labels)
+    scores = positive_probabilities(logits, temperature, classifier.positive_index)
+    threshold, sensitivity, specificity = choose_threshold(
+        labels, scores, model_args.threshold_strategy, model_args.min_sensitivity, model_args.fixed_threshold)
+    point = OperatingPoint(
+        threshold=float(threshold), temperature=temperature, strategy=model_args.threshold_strategy,
+        min_sensitivity=model_args.min_sensitivity if model_args.threshold_strategy == "youden_at_min_sensitivity" else None,
+        validation_sensitivity=sensitivity, validation_specificity=specificity)
+    classifier.model.config.decision_threshold = point.threshold
+    classifier.model.config.calibration_temperature = point.temperature
+    classifier.threshold, classifier.temperature = point.threshold, point.temperature
+    return point
+
+
+def describe_data(data_args, prepared: PreparedData) -> tuple[str, str]:
+    """(dataset id for the card metadata, one honest sentence about the data)."""
+    source = f"the Hub dataset `{data_args.dataset_name}`" if data_args.dataset_name else f"the image folder `{data_args.data_dir}`"
+    how = ("carved from the training split, grouped by patient and stratified by label"
+           if prepared.grouped_by_patient else "carved from the training split per image (file names carried no patient ids)")
+    if data_args.validation_split_name:
+        how = f"the dataset's own `{data_args.validation_split_name}` split"
+    text = (f"Kermany et al. chest X-rays (CC BY 4.0) from {source}. Validation: {how}. "
+            f"Unreadable images are skipped and counted.")
+    return data_args.dataset_name or "hf-vision/chest-xray-pneumonia", text
+
+
+def split_description(split: str, data_args, grouped: bool) -> str:
+    if split == "validation" and not data_args.validation_split_name:
+        return "patient-level hold-out carved from the Kermany train split" if grouped else "image-level hold-out carved from the train split"
+    if split == "test":
+        return f"`{data_args.test_split_name}` split of {data_args.dataset_name or data_args.data_dir} (never used for selection)"
+    return f"`{split}` split of {data_args.dataset_name or data_args.data_dir}"
+
+
+def write_summary(output_dir: Path, model_args, data_args, training_args, prepared, built, point, trainer,
+                  minutes: float) -> None:
+    model = built.model
+    data_id, data_text = describe_data(data_args, prepared)
+    parameters = sum(p.numel() for p in model.parameters())
+    weights = (output_dir / "model.safetensors").stat().st_size
+    best_epoch = None
+    if trainer.state.best_model_checkpoint:
+        best_step = int(Path(trainer.state.best_model_checkpoint).name.split("-")[-1])
+        best_epoch = next((row["epoch"] for row in trainer.state.log_history if row.get("step") == best_step and "eval_loss" in row), None)
+    size = model_args.image_size if not model_args.model_name_or_path else built.processor.size["height"]
+    command = "python -m train " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    summary = {
+        "model_type": model.config.model_type,
+        "architecture": (f"ConvNeXt-{model_args.model_size}" if model.config.model_type == "convnext" else f"ViT-{model_args.model_size}")
+        if not model_args.model_name_or_path else model.config.architectures[0] if model.config.architectures else model.config.model_type,
+        "base_model": built.base_model,
+        "parameter_count": f"{parameters / 1e6:.2f} M",
+        "weights_size": f"{weights / 2**20:.1f} MiB",
+        "image_size": size,
+        "dataset_id": data_id,
+        "data_description": data_text,
+        "validation_is_carved": not data_args.validation_split_name,
+        "split_counts": [
+            {"split": split, "normal": int((np.asarray(ds["label"]) == 0).sum()), "pneumonia": int((np.asarray(ds["label"]) == 1).sum()),
+             "skipped": len(prepared.skipped_files.get(split, []))}
+            for split, ds in prepared.splits.items()
+        ],
+        "skipped_files": prepared.skipped_files,
+        "operating_point": point.to_dict(),
+        "hyperparameters": {
+            "learning rate": training_args.learning_rate, "epochs (max)": training_args.num_train_epochs,
+            "batch size": training_args.per_device_train_batch_size * max(1, training_args.world_size) * training_args.gradient_accumulation_steps,
+            "optimizer": str(training_args.optim), "weight decay": training_args.weight_decay,
+            "schedule": str(training_args.lr_scheduler_type), "warmup steps": training_args.warmup_steps,
+            "label smoothing": training_args.label_smoothing_factor, "drop path": model_args.drop_path_rate,
+            "class weighting": model_args.class_weighting, "augmentation strength": data_args.augmentation_strength,
+            "horizontal flip": data_args.horizontal_flip, "early stopping patience": model_args.early_stopping_patience,
+            "seed": training_args.seed,
+        },
+        "training_minutes": round(minutes, 1),
+        "hardware": f"{torch.get_num_threads()} CPU threads ({platform.machine()})" if not torch.cuda.is_available() else torch.cuda.get_device_name(0),
+        "epochs_run": round(trainer.state.epoch or 0, 2),
+        "best_epoch": best_epoch,
+        "curves": "training_curves.png" if (output_dir / "training_curves.png").exists() else None,
+        "command": command,
+        "hub_model_id": training_args.hub_model_id,
+        "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
+    }
+    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    arguments = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "training": training_args.to_dict()}
+    (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2, default=str) + "\n")
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRayTrainingArguments) -> dict:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True)
+    transformers.utils.logging.set_verbosity_warning()
+    output_dir = Path(training_args.output_dir)
+    push_repo = None
+    if training_args.push_to_hub:
+        push_repo = training_args.hub_model_id or f"{output_dir.name}"
+        if "/" not in push_repo:
+            raise PushError("--push_to_hub needs --hub_model_id user/name.")
+        hub_token()  # fail now, not after hours of training
+        training_args.push_to_hub = False  # one push, of the finished folder, by train.push
+    set_seed(training_args.seed)
+
+    prepared = prepare_splits(load_raw_dataset(data_args.dataset_name, data_args.data_dir, data_args.dataset_revision),
+                              data_args, training_args.seed)
+    for split, ds in prepared.splits.items():
+        logger.info("%s: %d images (%s)", split, len(ds), dict(zip(LABEL_NAMES, np.bincount(ds["label"], minlength=2).tolist())))
+    if prepared.skipped_count:
+        logger.warning("Skipped %d unreadable images: %s", prepared.skipped_count, prepared.skipped_files)
+
+    built = build_model(model_args)
+    image_size = built.processor.size["height"]
+    augmentation = XRayAugmentation(strength=data_args.augmentation_strength, horizontal_flip=data_args.horizontal_flip)
+    train_transform, eval_transform = make_transforms(built.processor, image_size, augmentation)
+    train_set = prepared.splits["train"].with_transform(train_transform)
+    validation_set = prepared.splits["validation"].with_transform(eval_transform)
+
+    evaluating = str(training_args.eval_strategy) not in ("no", "IntervalStrategy.NO")
+    patience = model_args.early_stopping_patience if evaluating else 0
+    callbacks = [EarlyStoppingCallback(patience)] if patience > 0 else []
+    trainer = Trainer(
+        model=built.model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=validation_set,
+        data_collator=collate,
+        compute_metrics=make_compute_metrics(),
+        compute_loss_func=make_loss(class_weights(prepared.splits["train"]["label"], model_args.class_weighting),
+                                    training_args.label_smoothing_factor),
+        callbacks=callbacks,
+    )
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
+    minutes = (time.perf_counter() - started) / 60
+
+    classifier = PneumoniaClassifier(trainer.model, built.processor, source=str(output_dir))
+    validation = prepared.splits["validation"]
+    validation_logits = dataset_logits(classifier, validation)
+    point = select_operating_point(classifier, validation_logits, np.asarray(validation["label"]), model_args)
+    logger.info("Operating point: %s", point)
+    trainer.save_model(str(output_dir))
+    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; training_args.json replaces it
+    built.processor.save_pretrained(str(output_dir))
+    write_split_lists(prepared.splits, output_dir / "splits")
+    training_curves(trainer.state.log_history, output_dir / "training_curves.png")
+
+    reports = {"validation": evaluate_split(classifier, validation, "validation",
+                                            split_description("validation", data_args, prepared.grouped_by_patient),
+                                            output_dir, validation_logits)}
+    if "test" in prepared.splits:
+        reports["test"] = evaluate_split(classifier, prepared.splits["test"], "test",
+                                         split_description("test", data_args, prepared.grouped_by_patient), output_dir)
+    write_summary(output_dir, model_args, data_args, training_args, prepared, built, point, trainer, minutes)
+    render_card(output_dir)
+    for split, report in reports.items():
+        m = report["metrics"]
+        logger.info("%s: ROC-AUC %s, sensitivity %.4f, specificity %.4f, ECE %.4f at threshold %.4f", split,
+                    f"{m['roc_auc']:.4f}" if m["roc_auc"] is not None else "n/a", m["sensitivity"], m["specificity"], m["ece"], m["threshold"])
+    logger.info("Model folder written to %s (%.1f min of training).", output_dir, minutes)
+    if push_repo:
+        logger.info("Pushed to %s", push_model_folder(output_dir, push_repo, bool(training_args.hub_private_repo)))
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(*parse_arguments(argv))
+    except (PushError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,58 @@
+"""Evaluate a classifier on one split: metrics JSON and figures, the same for training and `train.evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import evaluate
+import numpy as np
+from datasets import Dataset
+
+from chestxray.classifier import PneumoniaClassifier
+from train import figures
+from train.calibration import expected_calibration_error, positive_probabilities
+from train.data import load_image
+
+METRIC_PATH = str(Path(__file__).resolve().parent.parent / "metrics" / "binary_diagnostic")
+HEADLINE_METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "ece")
+
+
+def load_metric():
+    """The local `evaluate` module: works offline, unlike `evaluate.load("accuracy")`."""
+    return evaluate.load(METRIC_PATH)
+
+
+def dataset_logits(classifier: PneumoniaClassifier, dataset: Dataset, batch_size: int = 64) -> np.ndarray:
+    chunks = []
+    for start in range(0, len(dataset), batch_size):
+        cells = dataset[start : start + batch_size]["image"]
+        chunks.append(classifier.logits([load_image(cell) for cell in cells], batch_size).numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, 2))
+
+
+def evaluate_split(classifier: PneumoniaClassifier, dataset: Dataset, split: str, dataset_description: str,
+                   output_dir: Path, logits: np.ndarray | None = None) -> dict:
+    """Score `dataset` at the model's stored temperature and threshold; write `metrics_<split>.json` and PNGs."""
+    if logits is None:
+        logits = dataset_logits(classifier, dataset)
+    labels = np.asarray(dataset["label"])
+    raw = positive_probabilities(logits, 1.0, classifier.positive_index)
+    calibrated = positive_probabilities(logits, classifier.temperature, classifier.positive_index)
+    metrics = load_metric().compute(references=labels, prediction_scores=calibrated, threshold=classifier.threshold)
+    metrics["ece"] = expected_calibration_error(labels, calibrated)
+    metrics["ece_before_temperature"] = expected_calibration_error(labels, raw)
+    metrics["temperature"] = classifier.temperature
+    metrics["normal_count"], metrics["pneumonia_count"] = int((labels == 0).sum()), int((labels == 1).sum())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    figure_files = {
+        "confusion_matrix": figures.confusion_matrix_figure(
+            metrics["confusion_matrix"], split, classifier.threshold, output_dir / f"{split}_confusion_matrix.png"),
+        "reliability": figures.reliability_figure(labels, raw, calibrated, split, output_dir / f"{split}_reliability.png"),
+    }
+    if metrics["roc_auc"] is not None:
+        figure_files["roc"] = figures.roc_figure(
+            labels, calibrated, metrics["roc_auc"], classifier.threshold, split, output_dir / f"{split}_roc.png")
+    report = {"split": split, "dataset": dataset_description, "metrics": metrics, "figures": figure_files}
+    (output_dir / f"metrics_{split}.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
