@@ -16,6 +16,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from chestxray.imaging import to_model_input
+from chestxray.ood import OodReference, ood_warning
 
 POSITIVE_LABEL = "PNEUMONIA"
 NEGATIVE_LABEL = "NORMAL"
@@ -35,6 +36,7 @@ class Prediction:
     pneumonia_probability: float
     decision: str
     threshold: float
+    warning: str | None = None  # set when the input does not look like a frontal chest X-ray
 
     @property
     def probabilities(self) -> dict[str, float]:
@@ -55,6 +57,7 @@ class PneumoniaClassifier:
         self.positive_index = labels[POSITIVE_LABEL]
         self.threshold = float(getattr(config, "decision_threshold", 0.5))
         self.temperature = float(getattr(config, "calibration_temperature", 1.0))
+        self.ood_reference = OodReference.load(Path(source)) if source and Path(source).is_dir() else None
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str | Path, revision: str | None = None) -> "PneumoniaClassifier":
@@ -68,7 +71,7 @@ class PneumoniaClassifier:
             raise ModelLoadError(
                 f"`{model_id_or_path}` is a {model.config.model_type} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
             )
-        return cls(model, processor, source=str(model_id_or_path))
+        return cls(model, processor, source=str(folder))
 
     @property
     def image_size(self) -> int:
@@ -84,23 +87,40 @@ class PneumoniaClassifier:
         probabilities = torch.softmax(logits.float() / self.temperature, dim=-1)
         return probabilities[:, self.positive_index].numpy()
 
+    def logits_and_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One backbone pass gives both the logits and the pooled features the OOD check measures."""
+        outputs = self.model.base_model(pixel_values=pixel_values)
+        pooled = getattr(outputs, "pooler_output", None)
+        features = pooled if pooled is not None else outputs.last_hidden_state[:, 0]  # ViT: the CLS token
+        return self.model.classifier(features), features
+
     @torch.inference_mode()
-    def logits(self, images: Sequence[Image.Image], batch_size: int = 16) -> torch.Tensor:
+    def logits(self, images: Sequence[Image.Image], batch_size: int = 16, with_features: bool = False):
         chunks = [
-            self.model(pixel_values=self.pixel_values(images[start : start + batch_size])).logits
+            self.logits_and_features(self.pixel_values(images[start : start + batch_size]))
             for start in range(0, len(images), batch_size)
         ]
-        return torch.cat(chunks) if chunks else torch.zeros(0, 2)
+        logits = torch.cat([c[0] for c in chunks]) if chunks else torch.zeros(0, 2)
+        if not with_features:
+            return logits
+        return logits, torch.cat([c[1] for c in chunks]) if chunks else torch.zeros(0, 0)
 
     def pneumonia_probabilities(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
         return self.calibrated_probabilities(self.logits(images, batch_size))
 
-    def decide(self, pneumonia_probability: float) -> Prediction:
+    def decide(self, pneumonia_probability: float, warning: str | None = None) -> Prediction:
         decision = POSITIVE_LABEL if pneumonia_probability >= self.threshold else NEGATIVE_LABEL
-        return Prediction(float(pneumonia_probability), decision, self.threshold)
+        return Prediction(float(pneumonia_probability), decision, self.threshold, warning)
 
     def predict(self, images: Sequence[Image.Image], batch_size: int = 16) -> list[Prediction]:
-        return [self.decide(p) for p in self.pneumonia_probabilities(images, batch_size)]
+        """Calibrated decisions with the out-of-distribution warning, from one forward pass per batch."""
+        logits, features = self.logits(images, batch_size, with_features=True)
+        probabilities = self.calibrated_probabilities(logits)
+        distances = self.ood_reference.distances(features) if self.ood_reference is not None else [None] * len(images)
+        return [
+            self.decide(p, ood_warning(image, d, self.ood_reference))
+            for image, p, d in zip(images, probabilities, distances)
+        ]
 
 
 def resolve_model_folder(model_id_or_path: str | Path, revision: str | None = None) -> Path:

@@ -15,6 +15,8 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from chestxray.ood import colourfulness
+
 ImageSource = Union[bytes, str, os.PathLike, BinaryIO]
 
 # 50 megapixels is well above any radiograph (a 43x43 cm detector at 100 µm is ~18.5 MP) and
@@ -78,7 +80,10 @@ def _read_raster(data: bytes, name: str, max_pixels: int) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError):
         raise ImageReadError(f"`{name}` is truncated or corrupt and cannot be decoded.") from None
     image = ImageOps.exif_transpose(image)
-    return _to_grey(image)
+    colour = colourfulness(image) if image.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F") else 0.0
+    grey = _to_grey(image)
+    grey.info["colourfulness"] = colour  # read by the out-of-distribution check
+    return grey
 
 
 def _check_pixel_count(width: int, height: int, name: str, max_pixels: int) -> None:

@@ -89,3 +89,38 @@ def trained_model(tiny_image_folder, tmp_path_factory) -> Path:
     output_dir = tmp_path_factory.mktemp("runs") / "tiny-model"
     assert main(tiny_training_args(tiny_image_folder, output_dir)) == 0
     return output_dir
+
+
+PATIENT_NAME = "DOE^JANE^SECRET"
+PATIENT_ID = "PID-778899"
+
+
+def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME1", with_pixels: bool = True,
+                preamble: bool = True, **elements) -> Path:
+    """A real DICOM file (CR, 12-bit) carrying patient data that must never surface anywhere."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.PatientName, dataset.PatientID, dataset.Modality = PATIENT_NAME, PATIENT_ID, "CR"
+    dataset.Rows, dataset.Columns = pixels.shape
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
+    for keyword, value in elements.items():
+        setattr(dataset, keyword, value)
+    if with_pixels:
+        dataset.PixelData = pixels.astype(np.uint16).tobytes()
+    dataset.save_as(path, enforce_file_format=preamble)
+    return path
+
+
+def xray_as_dicom(path: Path, label: int = 1, seed: int = 3, **kwargs) -> Path:
+    """The synthetic X-ray stored inverted (MONOCHROME1) in 12 bits, as some CR systems do."""
+    grey = np.asarray(synthetic_xray(label, seed, size=64), dtype=float)
+    return write_dicom(path, np.round((255 - grey) * 16).astype(np.uint16), **kwargs)

@@ -29,6 +29,7 @@ from train.card import SUMMARY_FILE, render_card
 from train.data import LABEL_NAMES, PreparedData, load_image, load_raw_dataset, prepare_splits, write_split_lists
 from train.figures import training_curves
 from train.modeling import build_model
+from train.ood import write_reference
 from train.push import PushError, hub_token, push_model_folder
 from train.report import dataset_logits, evaluate_split, load_metric
 
@@ -255,6 +256,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; training_args.json replaces it
     built.processor.save_pretrained(str(output_dir))
     write_split_lists(prepared.splits, output_dir / "splits")
+    ood_stats = write_reference(classifier, prepared.splits["train"], validation, output_dir)
+    logger.info("Out-of-distribution reference: %s", ood_stats)
     training_curves(trainer.state.log_history, output_dir / "training_curves.png")
 
     reports = {"validation": evaluate_split(classifier, validation, "validation",

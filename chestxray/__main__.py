@@ -1,0 +1,57 @@
+"""`python -m chestxray predict FILES_OR_FOLDERS... [--csv out.csv] [--model MODEL]`"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from chestxray.batch import expand_paths, predict_files, write_csv
+from chestxray.classifier import ModelLoadError, PneumoniaClassifier
+
+DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "model")
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m chestxray", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser("predict", help="Classify images, DICOM files or folders of them.")
+    predict.add_argument("inputs", nargs="+", help="Files or folders (searched recursively).")
+    predict.add_argument("--csv", help="Also write the results to this CSV file.")
+    predict.add_argument("--model", default=os.environ.get("MODEL_ID", DEFAULT_MODEL), help="Model folder or Hub id (default: $MODEL_ID or the bundled model/).")
+    predict.add_argument("--revision", default=os.environ.get("MODEL_REVISION"), help="Hub revision.")
+    predict.add_argument("--batch_size", type=int, default=16)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    files = expand_paths(args.inputs)
+    if not files:
+        print("error: no image files found in the given paths.", file=sys.stderr)
+        return 1
+    try:
+        classifier = PneumoniaClassifier.from_pretrained(args.model, revision=args.revision)
+    except ModelLoadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    with tqdm(total=len(files), unit="image", file=sys.stderr) as bar:
+        results = predict_files(classifier, [(str(f), f) for f in files], args.batch_size, progress=bar.update)
+    width = min(60, max(len(r.file) for r in results))
+    print(f"{'file':<{width}}  {'P(pneumonia)':>12}  decision")
+    for r in results:
+        outcome = f"{r.pneumonia_probability:>12.4f}  {r.decision}" if r.error is None else f"{'-':>12}  error: {r.error}"
+        print(f"{r.file[-width:]:<{width}}  {outcome}" + (f"  [{r.warning}]" if r.warning else ""))
+    if args.csv:
+        print(f"Wrote {write_csv(results, args.csv)}", file=sys.stderr)
+    failed = sum(r.error is not None for r in results)
+    if failed:
+        print(f"{failed} of {len(results)} files could not be read.", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

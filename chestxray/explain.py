@@ -1,0 +1,75 @@
+"""Grad-CAM heatmaps: where in the image the evidence for PNEUMONIA came from.
+
+For ConvNeXt the map comes from the last stage's feature maps; for ViT from the last layer's patch
+tokens laid back on their grid. A heatmap shows attention, not proof: it can expose a shortcut (a
+side marker, a text label) as easily as a real opacity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from chestxray.classifier import PneumoniaClassifier
+
+
+def _target_module(model) -> torch.nn.Module:
+    if model.config.model_type == "convnext":
+        return model.convnext.encoder.stages[-1]
+    return model.vit.encoder.layer[-1]
+
+
+def _as_grid(activations: torch.Tensor, model) -> torch.Tensor:
+    """(B, C, h, w) maps, whether they came as maps (ConvNeXt) or as tokens (ViT, CLS dropped)."""
+    if activations.dim() == 4:
+        return activations
+    tokens = activations[:, 1:, :]
+    side = int(round(tokens.shape[1] ** 0.5))
+    return tokens.reshape(tokens.shape[0], side, side, -1).permute(0, 3, 1, 2)
+
+
+def grad_cam(classifier: PneumoniaClassifier, image: Image.Image) -> np.ndarray:
+    """A [0, 1] map at the model's input resolution; higher = pushed the PNEUMONIA logit up."""
+    model = classifier.model
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(_module, _inputs, output):
+        output = output[0] if isinstance(output, tuple) else output
+        output.retain_grad()
+        captured["activations"] = output
+
+    handle = _target_module(model).register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            pixel_values = classifier.pixel_values([image]).requires_grad_(False)
+            logits = model(pixel_values=pixel_values).logits
+            model.zero_grad(set_to_none=True)
+            logits[0, classifier.positive_index].backward()
+    finally:
+        handle.remove()
+    activations = captured["activations"]
+    grid, gradients = _as_grid(activations, model), _as_grid(activations.grad, model)
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * grid).sum(dim=1, keepdim=True))
+    size = pixel_values.shape[-2:]
+    cam = torch.nn.functional.interpolate(cam, size=size, mode="bilinear", align_corners=False)[0, 0]
+    cam = cam.detach().numpy()
+    spread = cam.max() - cam.min()
+    return (cam - cam.min()) / spread if spread > 1e-12 else np.zeros_like(cam)  # flat map: no localised evidence
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    """A 'turbo'-like blue -> green -> yellow -> red ramp, without a plotting dependency."""
+    anchors = np.array([[48, 18, 59], [40, 140, 230], [30, 220, 130], [245, 220, 40], [220, 50, 20]], dtype=float)
+    positions = np.linspace(0, 1, len(anchors))
+    return np.stack([np.interp(values, positions, anchors[:, c]) for c in range(3)], axis=-1)
+
+
+def overlay(image: Image.Image, heatmap: np.ndarray, opacity: float = 0.45) -> np.ndarray:
+    """The heatmap over the grey image, at the image's own size, as RGB uint8."""
+    cam = Image.fromarray((heatmap * 255).astype(np.uint8)).resize(image.size, Image.Resampling.BILINEAR)
+    values = np.asarray(cam, dtype=float) / 255.0
+    grey = np.asarray(image.convert("L"), dtype=float)[..., None].repeat(3, axis=-1)
+    alpha = opacity * values[..., None]  # cold areas stay the plain radiograph
+    return (grey * (1 - alpha) + _colormap(values) * alpha).clip(0, 255).astype(np.uint8)

@@ -1,0 +1,163 @@
+"""The app as a developer uses it: a launched server called through `gradio_client`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import socket
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+import app
+from chestxray import PneumoniaClassifier
+from conftest import PATIENT_ID, PATIENT_NAME, synthetic_xray, xray_as_dicom
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trained_model):
+    classifier = PneumoniaClassifier.from_pretrained(trained_model)
+    demo = app.build_demo(classifier, "tiny-test-model")
+    port = free_port()
+    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                                                   max_file_size=app.MAX_FILE_SIZE, quiet=True)
+    yield f"http://127.0.0.1:{port}/", classifier
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server[0], verbose=False)
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uploads")
+    xray = synthetic_xray(1, 77, size=96)
+    files = {
+        "png": folder / "chest.png",
+        "jpeg": folder / "chest.jpeg",
+        "png16": folder / "chest16.png",
+        "dicom": folder / "chest.dcm",
+        "dicom_no_extension": folder / "IMG00042",
+        "rectangular": folder / "wide.png",
+    }
+    xray.save(files["png"])
+    xray.convert("RGB").save(files["jpeg"], quality=90)
+    Image.fromarray(np.asarray(xray, dtype=np.uint16) * 257).save(files["png16"])
+    xray_as_dicom(files["dicom"])
+    xray_as_dicom(files["dicom_no_extension"])
+    xray.resize((300, 200)).save(files["rectangular"])
+    bad = {
+        "text": (folder / "notes.png", b"this is a text file renamed to png"),
+        "empty": (folder / "empty.png", b""),
+        "truncated": (folder / "cut.jpeg", files["jpeg"].read_bytes()[:300]),
+        "bomb": (folder / "bomb.png", None),
+        "gif": (folder / "anim.gif", None),
+        "dicom_no_pixels": (folder / "nopix.dcm", None),
+    }
+    for key, (path, data) in bad.items():
+        if data is not None:
+            path.write_bytes(data)
+    Image.new("1", (9000, 9000)).save(bad["bomb"][0])
+    frames = [synthetic_xray(0, i, size=32).convert("P") for i in range(3)]
+    frames[0].save(bad["gif"][0], save_all=True, append_images=frames[1:])
+    xray_as_dicom(bad["dicom_no_pixels"][0], with_pixels=False)
+    return files, {key: path for key, (path, _) in bad.items()}
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg", "png16", "dicom", "dicom_no_extension"])
+def test_predict_returns_a_calibrated_decision(client, server, uploads, kind):
+    result = client.predict(handle_file(str(uploads[0][kind])), api_name="/predict")
+    classifier = server[1]
+    assert result["decision"] in ("NORMAL", "PNEUMONIA")
+    assert result["threshold"] == pytest.approx(classifier.threshold, abs=1e-4)
+    assert (result["decision"] == "PNEUMONIA") == (result["pneumonia_probability"] >= result["threshold"])
+    assert sum(result["confidences"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert "not a medical device" in result["disclaimer"]
+
+
+def test_same_image_gives_the_same_answer_in_every_format(client, uploads):
+    probabilities = [client.predict(handle_file(str(uploads[0][k])), api_name="/predict")["pneumonia_probability"]
+                     for k in ("png", "png16")]
+    assert probabilities[0] == pytest.approx(probabilities[1], abs=0.02)
+
+
+def test_dicom_patient_data_appears_in_no_output(client, uploads):
+    answer = client.predict(handle_file(str(uploads[0]["dicom"])), api_name="/analyse")
+    text = json.dumps(answer[0]) + answer[1] + json.dumps(answer[3])
+    assert PATIENT_NAME not in text and "DOE" not in text and PATIENT_ID not in text
+    heatmap = Image.open(answer[2])
+    assert "DOE" not in json.dumps({k: str(v) for k, v in heatmap.info.items()})
+
+
+def test_analyse_gives_label_words_and_a_heatmap_of_the_input_size(client, uploads):
+    confidences, words, heatmap_path, answer = client.predict(handle_file(str(uploads[0]["rectangular"])), api_name="/analyse")
+    assert {c["label"] for c in confidences["confidences"]} == {"NORMAL", "PNEUMONIA"}
+    assert f"Decision: **{answer['decision']}**" in words
+    assert "threshold" in words and "not a medical device" in words
+    heatmap = Image.open(heatmap_path)
+    assert heatmap.size == (300, 200) and heatmap.mode == "RGB"
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("text", "is not an image"), ("empty", "is empty"), ("truncated", "truncated or corrupt"),
+    ("bomb", "more than the limit"), ("gif", "frames"), ("dicom_no_pixels", "without an image"),
+])
+def test_bad_input_gets_a_clear_message_and_the_app_keeps_serving(client, uploads, kind, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(uploads[1][kind])), api_name="/predict")
+    assert client.predict(handle_file(str(uploads[0]["png"])), api_name="/predict")["decision"] in ("NORMAL", "PNEUMONIA")
+
+
+def test_batch_table_and_csv_agree_with_single_predictions(client, uploads):
+    good, bad = uploads[0], uploads[1]
+    files = [good["png"], bad["text"], good["dicom"]]
+    table, csv_path = client.predict([handle_file(str(f)) for f in files], api_name="/predict_batch")
+    rows = list(csv.DictReader(io.StringIO(open(csv_path).read())))
+    assert [r["file"] for r in rows] == ["chest.png", "notes.png", "chest.dcm"]
+    assert "is not an image" in rows[1]["error"] and rows[1]["pneumonia_probability"] == ""
+    for row, path in ((rows[0], good["png"]), (rows[2], good["dicom"])):
+        single = client.predict(handle_file(str(path)), api_name="/predict")
+        assert float(row["pneumonia_probability"]) == pytest.approx(single["pneumonia_probability"], abs=1e-4)
+        assert row["decision"] == single["decision"]
+    assert [r[0] for r in table["data"]] == ["chest.png", "notes.png", "chest.dcm"]
+    assert PATIENT_NAME not in open(csv_path).read()
+
+
+def test_out_of_distribution_inputs_are_flagged(client, tmp_path):
+    blank = tmp_path / "blank.png"
+    Image.new("L", (200, 200), 180).save(blank)
+    photo = tmp_path / "photo.jpeg"
+    rng = np.random.default_rng(0)
+    colours = np.stack([np.full((120, 160), c) for c in (200, 60, 40)], -1) + rng.normal(0, 20, (120, 160, 3))
+    Image.fromarray(colours.clip(0, 255).astype(np.uint8)).save(photo)
+    for path, reason in ((blank, "blank"), (photo, "colour")):
+        answer = client.predict(handle_file(str(path)), api_name="/predict")
+        assert answer["warning"].startswith("This does not look like a frontal chest X-ray") and reason in answer["warning"]
+
+
+def test_named_endpoints_are_documented(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/predict", "/analyse", "/predict_batch"} <= set(endpoints)
+
+
+def test_missing_model_is_one_clear_line(tmp_path):
+    import subprocess, sys, os
+
+    env = {**os.environ, "MODEL_ID": str(tmp_path / "no-such-model"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "app.py"], env=env, capture_output=True, text=True, timeout=120,
+                            cwd=app.Path(app.__file__).parent)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "neither a model folder nor a Hub repo id" in result.stderr

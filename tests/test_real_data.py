@@ -1,0 +1,54 @@
+"""On the real Kermany X-rays in ../shared/data (skipped when absent): a short training run, and the
+bundled model's accuracy and OOD silence on a fixed patient-level validation sample."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from chestxray import PneumoniaClassifier, read_image
+from conftest import REAL_DATA, requires_real_data
+
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "model"
+SAMPLE_SIZE = 240
+
+
+@requires_real_data
+def test_short_training_run_on_real_xrays(tmp_path):
+    from train.pipeline import main
+
+    output_dir = tmp_path / "real-short"
+    code = main(["--data_dir", str(REAL_DATA), "--output_dir", str(output_dir), "--max_train_samples", "900",
+                 "--image_size", "64", "--num_train_epochs", "3", "--learning_rate", "2e-3", "--use_cpu",
+                 "--seed", "0", "--disable_tqdm", "true", "--per_device_train_batch_size", "32"])
+    assert code == 0
+    report = json.loads((output_dir / "metrics_validation.json").read_text())
+    assert report["metrics"]["roc_auc"] >= 0.85  # 3 short epochs at 64 px already separate the classes
+    assert "patient-level hold-out" in report["dataset"]
+
+
+def validation_sample() -> list[tuple[Path, int]]:
+    rows = (BUNDLED_MODEL / "splits" / "validation.csv").read_text().splitlines()[1:]
+    pairs = [(REAL_DATA / "train" / label / name, int(label == "PNEUMONIA")) for name, label in (r.split(",") for r in rows)]
+    return random.Random(0).sample(pairs, min(SAMPLE_SIZE, len(pairs)))
+
+
+@requires_real_data
+@pytest.mark.skipif(not (BUNDLED_MODEL / "model.safetensors").is_file(), reason="no bundled model/")
+def test_bundled_model_on_real_validation_images():
+    classifier = PneumoniaClassifier.from_pretrained(BUNDLED_MODEL)
+    sample = validation_sample()
+    predictions = classifier.predict([read_image(path) for path, _ in sample])
+    labels = np.array([label for _, label in sample])
+    probabilities = np.array([p.pneumonia_probability for p in predictions])
+    called = probabilities >= classifier.threshold
+    assert roc_auc_score(labels, probabilities) >= 0.97
+    assert called[labels == 1].mean() >= 0.93  # sensitivity at the stored threshold
+    assert (~called[labels == 0]).mean() >= 0.80  # specificity at the stored threshold
+    warnings = [p.warning for p in predictions if p.warning]
+    assert len(warnings) <= 0.01 * len(sample), warnings  # the OOD check stays quiet on real X-rays
