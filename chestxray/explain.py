@@ -17,7 +17,8 @@ from chestxray.classifier import PneumoniaClassifier
 def _target_module(model) -> torch.nn.Module:
     if model.config.model_type == "convnext":
         return model.convnext.encoder.stages[-1]
-    return model.vit.encoder.layer[-1]
+    layers = getattr(model.vit, "layers", None)  # transformers v5; v4 kept them in vit.encoder.layer
+    return (layers if layers is not None else model.vit.encoder.layer)[-1]
 
 
 def _as_grid(activations: torch.Tensor, model) -> torch.Tensor:

@@ -76,7 +76,7 @@ def _read_raster(data: bytes, name: str, max_pixels: int) -> Image.Image:
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         if isinstance(error, UnidentifiedImageError):
             raise ImageReadError(f"`{name}` is not an image (expected {SUPPORTED_FORMATS}).") from None
-        raise ImageReadError(f"`{name}` has too many pixels to be a radiograph (limit {max_pixels:,}).") from None
+        raise ImageReadError(f"`{name}` has too many pixels to be a radiograph, more than the limit of {max_pixels:,}.") from None
     except (OSError, SyntaxError, ValueError, EOFError):
         raise ImageReadError(f"`{name}` is truncated or corrupt and cannot be decoded.") from None
     image = ImageOps.exif_transpose(image)

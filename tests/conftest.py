@@ -124,3 +124,33 @@ def xray_as_dicom(path: Path, label: int = 1, seed: int = 3, **kwargs) -> Path:
     """The synthetic X-ray stored inverted (MONOCHROME1) in 12 bits, as some CR systems do."""
     grey = np.asarray(synthetic_xray(label, seed, size=64), dtype=float)
     return write_dicom(path, np.round((255 - grey) * 16).astype(np.uint16), **kwargs)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_server(trained_model):
+    """The real app (app.build_demo) on the tiny model, launched in-process on a free loopback port."""
+    import app
+    from chestxray import PneumoniaClassifier
+
+    classifier = PneumoniaClassifier.from_pretrained(trained_model)
+    demo = app.build_demo(classifier, "tiny-test-model")
+    port = free_port()
+    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                                                   max_file_size=app.MAX_FILE_SIZE, quiet=True)
+    yield f"http://127.0.0.1:{port}/", classifier
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_client(app_server):
+    from gradio_client import Client
+
+    return Client(app_server[0], verbose=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -14,30 +13,17 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
-from chestxray import PneumoniaClassifier
 from conftest import PATIENT_ID, PATIENT_NAME, synthetic_xray, xray_as_dicom
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def server(app_server):
+    return app_server
 
 
 @pytest.fixture(scope="module")
-def server(trained_model):
-    classifier = PneumoniaClassifier.from_pretrained(trained_model)
-    demo = app.build_demo(classifier, "tiny-test-model")
-    port = free_port()
-    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                                                   max_file_size=app.MAX_FILE_SIZE, quiet=True)
-    yield f"http://127.0.0.1:{port}/", classifier
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server[0], verbose=False)
+def client(app_client):
+    return app_client
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import shutil
-import socket
 
 import pytest
 
-import app
-from chestxray import PneumoniaClassifier
 from conftest import synthetic_xray
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -22,14 +19,8 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 
 
 @pytest.fixture(scope="module")
-def app_url(trained_model):
-    demo = app.build_demo(PneumoniaClassifier.from_pretrained(trained_model), "tiny-test-model")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+def app_url(app_server):
+    return app_server[0]
 
 
 @pytest.fixture(scope="module")

@@ -202,7 +202,9 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
     (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2, default=str) + "\n")
 
 
-def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRayTrainingArguments) -> dict:
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRayTrainingArguments,
+        extra_callbacks: tuple = ()) -> dict:
+    """The whole job; `extra_callbacks` are passed to the Trainer (logging, alerts, fault injection in tests)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True)
     transformers.utils.logging.set_verbosity_warning()
     output_dir = Path(training_args.output_dir)
@@ -231,7 +233,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
 
     evaluating = str(training_args.eval_strategy) not in ("no", "IntervalStrategy.NO")
     patience = model_args.early_stopping_patience if evaluating else 0
-    callbacks = [EarlyStoppingCallback(patience)] if patience > 0 else []
+    callbacks = ([EarlyStoppingCallback(patience)] if patience > 0 else []) + list(extra_callbacks)
     trainer = Trainer(
         model=built.model,
         args=training_args,
