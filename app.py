@@ -19,6 +19,7 @@ from pathlib import Path
 # nothing a user sends is written anywhere lasting. Set before Gradio is imported.
 UPLOAD_DIR = tempfile.mkdtemp(prefix="pneumonia-xray-")
 os.environ.setdefault("GRADIO_TEMP_DIR", UPLOAD_DIR)
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a medical demo reports nothing about its use
 atexit.register(shutil.rmtree, UPLOAD_DIR, ignore_errors=True)
 
 import gradio as gr  # noqa: E402
@@ -42,17 +43,22 @@ MAX_BATCH_FILES = 100
 EXAMPLES_DATASET = "hf-vision/chest-xray-pneumonia"
 
 
+def user_error(message: str) -> gr.Error:
+    """A message for the person who sent the file; an expected outcome, so no traceback in the server log."""
+    return gr.Error(message, title="Cannot analyse this file", print_exception=False)
+
+
 def _upload_name(path: str) -> str:
     return Path(path).name
 
 
 def _read_upload(path: str | None) -> Image.Image:
     if not path:
-        raise gr.Error("Upload a chest X-ray first (PNG, JPEG, TIFF, BMP, WebP or DICOM).")
+        raise user_error("Upload a chest X-ray first (PNG, JPEG, TIFF, BMP, WebP or DICOM).")
     try:
         return read_image(path, name=_upload_name(path))
     except ImageReadError as error:
-        raise gr.Error(str(error)) from None
+        raise user_error(str(error)) from None
 
 
 def prediction_json(prediction, model_name: str) -> dict:
@@ -74,7 +80,7 @@ def decision_markdown(prediction) -> str:
     text = (
         f"### Decision: **{prediction.decision}**\n\n"
         f"Calibrated probability of pneumonia: **{probability:.1%}**, {side} the model's operating threshold of "
-        f"**{threshold:.1%}** (chosen on validation data to catch at least 95 % of pneumonia cases)."
+        f"**{threshold:.1%}**, which was chosen on held-out validation X-rays."
     )
     if prediction.warning:
         text = f"⚠️ **{prediction.warning}** The result below is unreliable.\n\n" + text
@@ -96,9 +102,9 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
 
     def predict_batch(paths: list[str] | None):
         if not paths:
-            raise gr.Error("Upload one or more chest X-rays first.")
+            raise user_error("Upload one or more chest X-rays first.")
         if len(paths) > MAX_BATCH_FILES:
-            raise gr.Error(f"{len(paths)} files is more than the {MAX_BATCH_FILES} a batch can take; split them up.")
+            raise user_error(f"{len(paths)} files is more than the {MAX_BATCH_FILES} a batch can take; split them up.")
         results = predict_files(classifier, [(_upload_name(p), p) for p in paths])
         rows = [[r.file, r.pneumonia_probability, r.decision or "", r.error or r.warning or ""] for r in results]
         csv_path = write_csv(results, Path(tempfile.mkdtemp(dir=UPLOAD_DIR)) / "pneumonia_predictions.csv")
@@ -141,8 +147,8 @@ def about_markdown(classifier: PneumoniaClassifier, model_name: str) -> str:
     config = classifier.model.config
     return f"""
 **Model**: `{model_name}` ({config.model_type}, {classifier.image_size}×{classifier.image_size} input).
-Decision threshold **{classifier.threshold:.3f}** and calibration temperature **{classifier.temperature:.3f}**
-come from the model's `config.json`; both were chosen on patient-level validation data.
+Decision threshold **{classifier.threshold:.3f}**, calibration temperature **{classifier.temperature:.3f}** and bias
+**{classifier.bias:.3f}** come from the model's `config.json`; all were chosen on patient-level validation data.
 
 **Call it from Python** with `gradio_client`:
 

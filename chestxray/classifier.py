@@ -57,6 +57,7 @@ class PneumoniaClassifier:
         self.positive_index = labels[POSITIVE_LABEL]
         self.threshold = float(getattr(config, "decision_threshold", 0.5))
         self.temperature = float(getattr(config, "calibration_temperature", 1.0))
+        self.bias = float(getattr(config, "calibration_bias", 0.0))
         self.ood_reference = OodReference.load(Path(source)) if source and Path(source).is_dir() else None
 
     @classmethod
@@ -93,9 +94,10 @@ class PneumoniaClassifier:
         return image.reduce(factors) if factors != (1, 1) else image
 
     def calibrated_probabilities(self, logits: torch.Tensor) -> np.ndarray:
-        """P(PNEUMONIA) after temperature scaling."""
-        probabilities = torch.softmax(logits.float() / self.temperature, dim=-1)
-        return probabilities[:, self.positive_index].numpy()
+        """P(PNEUMONIA) = softmax(logits / T, plus the calibration bias on PNEUMONIA), as fitted on validation."""
+        scaled = logits.float() / self.temperature
+        scaled[:, self.positive_index] += self.bias
+        return torch.softmax(scaled, dim=-1)[:, self.positive_index].numpy()
 
     def logits_and_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One backbone pass gives both the logits and the pooled features the OOD check measures."""

@@ -128,7 +128,16 @@ def test_out_of_distribution_inputs_are_flagged(client, tmp_path):
     rng = np.random.default_rng(0)
     colours = np.stack([np.full((120, 160), c) for c in (200, 60, 40)], -1) + rng.normal(0, 20, (120, 160, 3))
     Image.fromarray(colours.clip(0, 255).astype(np.uint8)).save(photo)
-    for path, reason in ((blank, "blank"), (photo, "colour")):
+    noise = tmp_path / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (200, 200), dtype=np.uint8)).save(noise)
+    document = tmp_path / "letter.png"
+    page = Image.new("L", (400, 500), 250)
+    from PIL import ImageDraw
+
+    for y in range(40, 460, 20):
+        ImageDraw.Draw(page).text((30, y), "Dear colleague, please find the report attached " * 2, fill=10)
+    page.save(document)
+    for path, reason in ((blank, "blank"), (photo, "colour"), (noise, "noise-like"), (document, "document")):
         answer = client.predict(handle_file(str(path)), api_name="/predict")
         assert answer["warning"].startswith("This does not look like a frontal chest X-ray") and reason in answer["warning"]
 

@@ -65,3 +65,20 @@ def test_expected_calibration_error_of_known_cases():
     assert expected_calibration_error([1, 0, 1, 0], [1.0, 0.0, 1.0, 0.0]) == pytest.approx(0.0)
     # all scores 0.8 but only half positive: |0.5 - 0.8| = 0.3
     assert expected_calibration_error([1, 0, 1, 0], [0.8] * 4) == pytest.approx(0.3)
+
+
+def test_bias_undoes_the_prior_shift_of_a_class_weighted_loss():
+    from train.calibration import fit_calibration, positive_probabilities
+
+    rng = np.random.default_rng(1)
+    true_logits = rng.normal(0, 2.0, (5000, 2))
+    labels = np.array([rng.random() < p for p in softmax(true_logits, axis=1)[:, 1]]).astype(int)
+    # what weighted training produces: too confident (x2) and pushed towards NORMAL by log(2.9) / 2
+    shifted = true_logits * 2.0
+    shifted[:, 1] -= np.log(2.9)
+    temperature, bias = fit_calibration(shifted, labels)
+    assert temperature == pytest.approx(2.0, rel=0.1)
+    assert bias == pytest.approx(np.log(2.9) / 2.0, abs=0.12)
+    temperature_only = expected_calibration_error(labels, softmax(shifted / fit_temperature(shifted, labels), axis=1)[:, 1])
+    with_bias = expected_calibration_error(labels, positive_probabilities(shifted, temperature, bias))
+    assert with_bias < 0.02 < temperature_only

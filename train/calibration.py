@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 
 
@@ -13,6 +13,7 @@ from scipy.special import log_softmax, softmax
 class OperatingPoint:
     threshold: float
     temperature: float
+    bias: float
     strategy: str
     min_sensitivity: float | None
     validation_sensitivity: float
@@ -22,19 +23,40 @@ class OperatingPoint:
         return asdict(self)
 
 
+def calibrated_logits(logits: np.ndarray, temperature: float, bias: float = 0.0, positive_index: int = 1) -> np.ndarray:
+    """logits / T, plus `bias` on the positive class: the same formula as `chestxray.PneumoniaClassifier`."""
+    scaled = np.asarray(logits, dtype=float) / temperature
+    scaled[:, positive_index] += bias
+    return scaled
+
+
+def positive_probabilities(logits: np.ndarray, temperature: float, bias: float = 0.0, positive_index: int = 1) -> np.ndarray:
+    return softmax(calibrated_logits(logits, temperature, bias, positive_index), axis=1)[:, positive_index]
+
+
+def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float, bias: float) -> float:
+    return -float(np.mean(log_softmax(calibrated_logits(logits, temperature, bias), axis=1)[np.arange(len(labels)), labels]))
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The single T > 0 that minimises validation negative log-likelihood of softmax(logits / T)."""
     logits, labels = np.asarray(logits, dtype=float), np.asarray(labels, dtype=int)
-
-    def nll(log_t: float) -> float:
-        return -float(np.mean(log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)), labels]))
-
-    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    result = minimize_scalar(lambda log_t: _nll(logits, labels, np.exp(log_t), 0.0),
+                             bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(result.x))
 
 
-def positive_probabilities(logits: np.ndarray, temperature: float, positive_index: int = 1) -> np.ndarray:
-    return softmax(np.asarray(logits, dtype=float) / temperature, axis=1)[:, positive_index]
+def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(T, b) minimising validation NLL of softmax(logits / T + b on PNEUMONIA).
+
+    A class-weighted loss shifts every logit by about log(class weight ratio): a prior shift that no
+    temperature can undo. The bias takes it back out (it stays ~0 for an unweighted loss).
+    """
+    logits, labels = np.asarray(logits, dtype=float), np.asarray(labels, dtype=int)
+    result = minimize(lambda p: _nll(logits, labels, np.exp(p[0]), p[1]),
+                      x0=np.array([np.log(fit_temperature(logits, labels)), 0.0]), method="Nelder-Mead",
+                      options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000})
+    return float(np.exp(result.x[0])), float(result.x[1])
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray, strategy: str, min_sensitivity: float = 0.95,

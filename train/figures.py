@@ -69,7 +69,7 @@ def roc_figure(labels: np.ndarray, scores: np.ndarray, auc: float | None, thresh
 def reliability_figure(labels: np.ndarray, raw_scores: np.ndarray, calibrated_scores: np.ndarray, split: str, path: Path) -> str:
     figure, axis = plt.subplots(figsize=(4, 4))
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
-    for scores, name in ((raw_scores, "before temperature"), (calibrated_scores, "after temperature")):
+    for scores, name in ((raw_scores, "raw softmax"), (calibrated_scores, "calibrated")):
         predicted, observed, _ = reliability_curve(labels, scores)
         axis.plot(predicted, observed, marker="o", label=name)
     axis.set(xlabel="predicted P(PNEUMONIA)", ylabel="observed frequency", title=f"Reliability, {split}")

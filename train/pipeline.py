@@ -24,7 +24,8 @@ from chestxray.classifier import PneumoniaClassifier
 from chestxray.imaging import to_model_input
 from train.arguments import DataArguments, ModelArguments, XRayTrainingArguments
 from train.augment import XRayAugmentation
-from train.calibration import OperatingPoint, choose_threshold, fit_temperature, positive_probabilities
+from train.calibrate import select_operating_point
+from train.calibration import positive_probabilities
 from train.card import SUMMARY_FILE, render_card
 from train.data import LABEL_NAMES, PreparedData, load_image, load_raw_dataset, prepare_splits, write_split_lists
 from train.figures import training_curves
@@ -110,22 +111,6 @@ def resolve_checkpoint(training_args) -> str | None:
     if not Path(requested).is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {requested} does not exist.")
     return str(requested)
-
-
-def select_operating_point(classifier: PneumoniaClassifier, logits: np.ndarray, labels: np.ndarray, model_args) -> OperatingPoint:
-    """Temperature, then threshold, both on validation only; stored into the model config."""
-    temperature = fit_temperature(logits, labels)
-    scores = positive_probabilities(logits, temperature, classifier.positive_index)
-    threshold, sensitivity, specificity = choose_threshold(
-        labels, scores, model_args.threshold_strategy, model_args.min_sensitivity, model_args.fixed_threshold)
-    point = OperatingPoint(
-        threshold=float(threshold), temperature=temperature, strategy=model_args.threshold_strategy,
-        min_sensitivity=model_args.min_sensitivity if model_args.threshold_strategy == "youden_at_min_sensitivity" else None,
-        validation_sensitivity=sensitivity, validation_specificity=specificity)
-    classifier.model.config.decision_threshold = point.threshold
-    classifier.model.config.calibration_temperature = point.temperature
-    classifier.threshold, classifier.temperature = point.threshold, point.temperature
-    return point
 
 
 def describe_data(data_args, prepared: PreparedData) -> tuple[str, str]:
@@ -252,7 +237,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     classifier = PneumoniaClassifier(trainer.model, built.processor, source=str(output_dir))
     validation = prepared.splits["validation"]
     validation_logits = dataset_logits(classifier, validation)
-    point = select_operating_point(classifier, validation_logits, np.asarray(validation["label"]), model_args)
+    point = select_operating_point(classifier, validation_logits, np.asarray(validation["label"]), model_args.threshold_strategy,
+                                   model_args.min_sensitivity, model_args.fixed_threshold)
     logger.info("Operating point: %s", point)
     trainer.save_model(str(output_dir))
     (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; training_args.json replaces it
@@ -283,7 +269,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
 def main(argv: list[str] | None = None) -> int:
     try:
         run(*parse_arguments(argv))
-    except (PushError, FileNotFoundError, ValueError) as error:
+    except (PushError, OSError, ValueError) as error:  # bad arguments, missing data or checkpoint: one line
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

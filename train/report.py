@@ -7,6 +7,7 @@ from pathlib import Path
 
 import evaluate
 import numpy as np
+import torch
 from datasets import Dataset
 
 from chestxray.classifier import PneumoniaClassifier
@@ -27,7 +28,7 @@ def dataset_logits(classifier: PneumoniaClassifier, dataset: Dataset, batch_size
     chunks = []
     for start in range(0, len(dataset), batch_size):
         cells = dataset[start : start + batch_size]["image"]
-        chunks.append(classifier.logits([load_image(cell) for cell in cells], batch_size).numpy())
+        chunks.append(classifier.logits([load_image(cell) for cell in cells], batch_size).float().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 2))
 
 
@@ -37,12 +38,12 @@ def evaluate_split(classifier: PneumoniaClassifier, dataset: Dataset, split: str
     if logits is None:
         logits = dataset_logits(classifier, dataset)
     labels = np.asarray(dataset["label"])
-    raw = positive_probabilities(logits, 1.0, classifier.positive_index)
-    calibrated = positive_probabilities(logits, classifier.temperature, classifier.positive_index)
+    raw = positive_probabilities(logits, 1.0, 0.0, classifier.positive_index)
+    calibrated = classifier.calibrated_probabilities(torch.from_numpy(logits))  # exactly what the app computes
     metrics = load_metric().compute(references=labels, prediction_scores=calibrated, threshold=classifier.threshold)
     metrics["ece"] = expected_calibration_error(labels, calibrated)
     metrics["ece_before_temperature"] = expected_calibration_error(labels, raw)
-    metrics["temperature"] = classifier.temperature
+    metrics["temperature"], metrics["bias"] = classifier.temperature, classifier.bias
     metrics["normal_count"], metrics["pneumonia_count"] = int((labels == 0).sum()), int((labels == 1).sum())
     output_dir.mkdir(parents=True, exist_ok=True)
     figure_files = {
