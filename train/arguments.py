@@ -71,7 +71,7 @@ class ModelArguments:
     fixed_threshold: float = field(default=0.5, metadata={"help": "Threshold for `--threshold_strategy fixed`."})
     early_stopping_patience: int = field(default=5, metadata={"help": "Epochs without validation AUC gain before stopping; 0 disables."})
     hub_dataset_card_id: str = field(
-        default="hf-vision/chest-xray-pneumonia", metadata={"help": "Dataset id named in the model card metadata."}
+        default="hf-vision/chest-xray-pneumonia", metadata={"help": "Dataset id named in the card's metadata when training from --data_dir (a local copy of it)."}
     )
 
     def __post_init__(self) -> None:

@@ -113,7 +113,7 @@ def resolve_checkpoint(training_args) -> str | None:
     return str(requested)
 
 
-def describe_data(data_args, prepared: PreparedData) -> tuple[str, str]:
+def describe_data(data_args, prepared: PreparedData, card_dataset_id: str) -> tuple[str, str]:
     """(dataset id for the card metadata, one honest sentence about the data)."""
     source = f"the Hub dataset `{data_args.dataset_name}`" if data_args.dataset_name else f"the image folder `{data_args.data_dir}`"
     how = ("carved from the training split, grouped by patient and stratified by label"
@@ -122,7 +122,7 @@ def describe_data(data_args, prepared: PreparedData) -> tuple[str, str]:
         how = f"the dataset's own `{data_args.validation_split_name}` split"
     text = (f"Kermany et al. chest X-rays (CC BY 4.0) from {source}. Validation: {how}. "
             f"Unreadable images are skipped and counted.")
-    return data_args.dataset_name or "hf-vision/chest-xray-pneumonia", text
+    return data_args.dataset_name or card_dataset_id, text
 
 
 def split_description(split: str, data_args, grouped: bool) -> str:
@@ -136,7 +136,7 @@ def split_description(split: str, data_args, grouped: bool) -> str:
 def write_summary(output_dir: Path, model_args, data_args, training_args, prepared, built, point, trainer,
                   minutes: float) -> None:
     model = built.model
-    data_id, data_text = describe_data(data_args, prepared)
+    data_id, data_text = describe_data(data_args, prepared, model_args.hub_dataset_card_id)
     parameters = sum(p.numel() for p in model.parameters())
     weights = (output_dir / "model.safetensors").stat().st_size
     best_epoch = None
@@ -166,8 +166,9 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
         "hyperparameters": {
             "learning rate": training_args.learning_rate, "epochs (max)": training_args.num_train_epochs,
             "batch size": training_args.per_device_train_batch_size * max(1, training_args.world_size) * training_args.gradient_accumulation_steps,
-            "optimizer": str(training_args.optim), "weight decay": training_args.weight_decay,
-            "schedule": str(training_args.lr_scheduler_type), "warmup steps": training_args.warmup_steps,
+            "optimizer": getattr(training_args.optim, "value", training_args.optim), "weight decay": training_args.weight_decay,
+            "schedule": getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type),
+            "warmup steps (< 1: fraction of training)": training_args.warmup_steps,
             "label smoothing": training_args.label_smoothing_factor, "drop path": model_args.drop_path_rate,
             "class weighting": model_args.class_weighting, "augmentation strength": data_args.augmentation_strength,
             "horizontal flip": data_args.horizontal_flip, "early stopping patience": model_args.early_stopping_patience,
