@@ -188,3 +188,14 @@ def test_reader_on_random_pixel_arrays_returns_a_grey_image_of_the_same_size(pix
     image.save(buffer, format=fmt)
     result = read_image(buffer.getvalue(), name=f"random.{fmt.lower()}")
     assert result.mode == "L" and result.size == image.size
+
+
+def test_an_upload_over_the_size_limit_is_refused_and_the_app_keeps_serving(app_client, good_file, tmp_path):
+    import app
+
+    too_big = tmp_path / "huge.dcm"
+    too_big.write_bytes(b"\x00" * (26 * 1024 * 1024))  # over MAX_FILE_SIZE (25 MB)
+    with pytest.raises(Exception, match="(?i)size|large|413"):
+        app_client.predict(handle_file(str(too_big)), api_name="/predict")
+    assert app.MAX_FILE_SIZE == "25mb"
+    assert app_client.predict(handle_file(str(good_file)), api_name="/predict")["decision"] in ("NORMAL", "PNEUMONIA")
