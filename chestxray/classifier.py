@@ -95,7 +95,7 @@ class PneumoniaClassifier:
 
     def calibrated_probabilities(self, logits: torch.Tensor) -> np.ndarray:
         """P(PNEUMONIA) = softmax(logits / T, plus the calibration bias on PNEUMONIA), as fitted on validation."""
-        scaled = logits.float() / self.temperature
+        scaled = logits.double() / self.temperature  # float64: sharp calibrations must not saturate to exact 0/1
         scaled[:, self.positive_index] += self.bias
         return torch.softmax(scaled, dim=-1)[:, self.positive_index].numpy()
 

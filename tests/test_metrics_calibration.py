@@ -82,3 +82,14 @@ def test_bias_undoes_the_prior_shift_of_a_class_weighted_loss():
     temperature_only = expected_calibration_error(labels, softmax(shifted / fit_temperature(shifted, labels), axis=1)[:, 1])
     with_bias = expected_calibration_error(labels, positive_probabilities(shifted, temperature, bias))
     assert with_bias < 0.02 < temperature_only
+
+
+def test_calibration_stays_bounded_on_perfectly_separable_validation_data():
+    from train.calibration import MAX_ABS_BIAS, TEMPERATURE_RANGE, fit_calibration, positive_probabilities
+
+    logits = np.array([[2.0, -2.0], [1.5, -1.0], [0.5, 0.2], [-1.0, 1.0], [-0.2, 0.6], [-2.0, 3.0]])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    temperature, bias = fit_calibration(logits, labels)
+    assert TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1] and abs(bias) <= MAX_ABS_BIAS
+    scores = positive_probabilities(logits, temperature, bias)
+    assert roc_auc_score(labels, scores) == 1.0  # no saturation into ties

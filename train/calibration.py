@@ -9,6 +9,10 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 
 
+TEMPERATURE_RANGE = (0.05, 20.0)
+MAX_ABS_BIAS = 10.0
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
     threshold: float
@@ -42,7 +46,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The single T > 0 that minimises validation negative log-likelihood of softmax(logits / T)."""
     logits, labels = np.asarray(logits, dtype=float), np.asarray(labels, dtype=int)
     result = minimize_scalar(lambda log_t: _nll(logits, labels, np.exp(log_t), 0.0),
-                             bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+                             bounds=tuple(np.log(TEMPERATURE_RANGE)), method="bounded")
     return float(np.exp(result.x))
 
 
@@ -53,9 +57,11 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> tuple[float, floa
     temperature can undo. The bias takes it back out (it stays ~0 for an unweighted loss).
     """
     logits, labels = np.asarray(logits, dtype=float), np.asarray(labels, dtype=int)
+    # Bounded: on perfectly separable validation data the likelihood keeps rising as T -> 0, which would
+    # saturate every probability to exactly 0 or 1.
     result = minimize(lambda p: _nll(logits, labels, np.exp(p[0]), p[1]),
-                      x0=np.array([np.log(fit_temperature(logits, labels)), 0.0]), method="Nelder-Mead",
-                      options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000})
+                      x0=np.array([np.log(fit_temperature(logits, labels)), 0.0]), method="L-BFGS-B",
+                      bounds=[(np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])), (-MAX_ABS_BIAS, MAX_ABS_BIAS)])
     return float(np.exp(result.x[0])), float(result.x[1])
 
 
