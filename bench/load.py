@@ -4,7 +4,7 @@
 
 Starts `python app.py` on a free 127.0.0.1 port, then each client sends --requests uploads (3 good X-rays
 for every bad file). Prints failures (must be 0 for good files), p50/p95 latency, throughput, and the
-server's resident memory before and after. Bounded: every request has a timeout and the run stops itself.
+server's resident memory before and after each round (flat across rounds: no leak). Bounded: every request has a timeout and the run stops itself.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(REPO / "model"))
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2, help="Repeat the load; flat memory across rounds = no leak.")
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
@@ -106,25 +107,29 @@ def main() -> None:
         process = psutil.Process(server.pid)
         with tempfile.TemporaryDirectory() as folder:
             good, bad = test_files(Path(folder))
-            one_client(url, good, bad, 8, seed=-1)  # warm-up
-            memory_before = resident_mb(process)
+            one_client(url, good, bad, 8, seed=10_000)  # warm-up
+            memory = [resident_mb(process)]
+            outcomes = []
             started = time.perf_counter()
-            with ThreadPoolExecutor(args.clients) as pool:
-                futures = [pool.submit(one_client, url, good, bad, args.requests, seed) for seed in range(args.clients)]
-                outcomes = [o for f in futures for o in f.result(timeout=1800)]
+            for round_number in range(args.rounds):
+                with ThreadPoolExecutor(args.clients) as pool:
+                    futures = [pool.submit(one_client, url, good, bad, args.requests, seed + 1000 * round_number)
+                               for seed in range(args.clients)]
+                    outcomes += [o for f in futures for o in f.result(timeout=1800)]
+                memory.append(resident_mb(process))
             elapsed = time.perf_counter() - started
-            memory_after = resident_mb(process)
     finally:
         server.terminate()
         server.wait(timeout=30)
     good_latency = np.array([t for kind, t, _ in outcomes if kind == "good"]) * 1000
     good_failures = sum(1 for kind, _, ok in outcomes if kind == "good" and not ok)
     bad_unexpected = sum(1 for kind, _, ok in outcomes if kind == "bad" and not ok)
-    print(f"{args.clients} clients x {args.requests} requests = {len(outcomes)} ({sum(k == 'bad' for k, _, _ in outcomes)} bad files)")
+    print(f"{args.rounds} rounds of {args.clients} clients x {args.requests} requests = {len(outcomes)} "
+          f"({sum(k == 'bad' for k, _, _ in outcomes)} bad files)")
     print(f"good-file failures: {good_failures}   bad files not refused with a message: {bad_unexpected}")
     print(f"latency under load (good files): p50 {np.percentile(good_latency, 50):.0f} ms, p95 {np.percentile(good_latency, 95):.0f} ms")
     print(f"throughput: {len(outcomes) / elapsed:.1f} requests/s over {elapsed:.0f} s")
-    print(f"server memory (RSS): {memory_before:.0f} MB before, {memory_after:.0f} MB after")
+    print("server memory (RSS): " + ", ".join(f"{mb:.0f} MB" for mb in memory) + " (before, then after each round)")
     sys.exit(1 if good_failures or bad_unexpected else 0)
 
 
