@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from PIL import Image
+from PIL import Image, ImageOps
 
 import app
 from conftest import PATIENT_ID, PATIENT_NAME, synthetic_xray, xray_as_dicom
@@ -29,7 +29,8 @@ def client(app_client):
 @pytest.fixture(scope="module")
 def uploads(tmp_path_factory):
     folder = tmp_path_factory.mktemp("uploads")
-    xray = synthetic_xray(1, 77, size=96)
+    # Full 0-255 range, so the 16-bit copy (stretched to its own range by the reader) is the same picture.
+    xray = ImageOps.autocontrast(synthetic_xray(1, 77, size=96))
     files = {
         "png": folder / "chest.png",
         "jpeg": folder / "chest.jpeg",
