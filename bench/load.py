@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,14 +21,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-REAL_XRAYS = REPO.parent / "shared" / "data" / "chest_xray" / "train"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from common import REAL_XRAYS, REPO, free_port, start_app, wait_until_up
 
 
 def test_files(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -56,19 +45,6 @@ def test_files(folder: Path) -> tuple[list[Path], list[Path]]:
 
 def resident_mb(process: psutil.Process) -> float:
     return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
-
-
-def wait_until_up(url: str, server: subprocess.Popen, limit_s: float = 180) -> None:
-    deadline = time.time() + limit_s
-    while time.time() < deadline:
-        if server.poll() is not None:
-            sys.exit(f"app.py exited with code {server.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(0.5)
-    sys.exit(f"app.py did not answer within {limit_s} s")
 
 
 def one_client(url: str, good: list[Path], bad: list[Path], requests: int, seed: int) -> list[tuple[str, float, bool]]:
@@ -99,9 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    env = {**os.environ, "MODEL_ID": args.model, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    server = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_app(args.model, port)
     try:
         wait_until_up(url, server)
         process = psutil.Process(server.pid)

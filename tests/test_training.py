@@ -157,3 +157,35 @@ def test_resume_continues_from_the_last_checkpoint(tiny_image_folder, tmp_path):
     evals = lambda state: [row["eval_loss"] for row in state["log_history"] if "eval_loss" in row]
     # the first two epochs were not redone: their history is carried over as it was
     assert evals(final_state)[:2] == evals(state_after_two)
+
+
+def test_calibrate_refits_the_operating_point_and_the_card_follows(trained_model, tiny_image_folder, tmp_path):
+    import shutil
+
+    from train.calibrate import main as calibrate_main
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    assert calibrate_main(["--model_dir", str(model), "--data_dir", str(tiny_image_folder),
+                           "--threshold_strategy", "fixed", "--fixed_threshold", "0.9"]) == 0
+    config = json.loads((model / "config.json").read_text())
+    assert config["decision_threshold"] == 0.9
+    report = json.loads((model / "metrics_validation.json").read_text())
+    assert report["metrics"]["threshold"] == 0.9
+    assert report["metrics"]["support"] == len((model / "splits" / "validation.csv").read_text().splitlines()) - 1
+    assert "≥ **0.9000**" in (model / "README.md").read_text()
+
+
+def test_ood_reference_can_be_added_to_an_existing_folder(trained_model, tiny_image_folder, tmp_path):
+    import shutil
+
+    from chestxray import PneumoniaClassifier
+    from train.ood import main as ood_main
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model, ignore=shutil.ignore_patterns("checkpoint-*", "ood_reference.*"))
+    assert PneumoniaClassifier.from_pretrained(model).ood_reference is None
+    assert ood_main(["--model_dir", str(model), "--data_dir", str(tiny_image_folder)]) == 0
+    stats = json.loads((model / "ood_reference.json").read_text())
+    assert stats["held_out_flag_rate"] == 0.0
+    assert PneumoniaClassifier.from_pretrained(model).ood_reference.threshold == pytest.approx(stats["threshold"])

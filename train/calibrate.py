@@ -50,7 +50,7 @@ class CalibrateArguments:
 
 def main(argv: list[str] | None = None) -> int:
     from train.card import SUMMARY_FILE, render_card
-    from train.data import drop_unreadable, image_name, load_raw_dataset
+    from train.data import drop_unreadable, load_raw_dataset, split_membership
     from train.report import dataset_logits, evaluate_split
 
     (args,) = HfArgumentParser(CalibrateArguments).parse_args_into_dataclasses(args=argv)
@@ -61,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset, _ = drop_unreadable(raw[args.split], args.split)
         description = f"`{args.split}` split of {args.dataset_name or args.data_dir}"
     else:
-        names = {line.split(",")[0] for line in (model_dir / "splits" / "validation.csv").read_text().splitlines()[1:]}
-        train = raw["train"]
-        dataset = train.select([i for i, cell in enumerate(train["image"]) if image_name(cell) in names])
+        dataset, _ = split_membership(raw["train"], model_dir / "splits" / "validation.csv")
         description = "patient-level hold-out carved from the Kermany train split"
     logits = dataset_logits(classifier, dataset)
     point = select_operating_point(classifier, logits, np.asarray(dataset["label"]), args.threshold_strategy,

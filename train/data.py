@@ -187,3 +187,11 @@ def write_split_lists(splits: DatasetDict, folder: Path) -> None:
             f"{image_name(image)},{LABEL_NAMES[label]}" for image, label in zip(dataset["image"], dataset["label"])
         ]
         (folder / f"{split}.csv").write_text("\n".join(lines) + "\n")
+
+
+def split_membership(dataset: Dataset, split_file: Path) -> tuple[Dataset, Dataset]:
+    """(rows listed in a model's `splits/<split>.csv`, the other rows): the model's own hold-out, reloaded."""
+    names = {line.split(",")[0] for line in split_file.read_text().splitlines()[1:]}
+    listed = [image_name(cell) in names for cell in dataset["image"]]
+    return (dataset.select([i for i, inside in enumerate(listed) if inside]),
+            dataset.select([i for i, inside in enumerate(listed) if not inside]))

@@ -69,7 +69,7 @@ class OodArguments:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.data import image_name, load_raw_dataset, drop_unreadable
+    from train.data import drop_unreadable, load_raw_dataset, split_membership
 
     (args,) = HfArgumentParser(OodArguments).parse_args_into_dataclasses(args=argv)
     model_dir = Path(args.model_dir)
@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     # Reuse the model's own split lists when it has them, so the held-out side really is held out.
     split_file = model_dir / "splits" / "validation.csv"
     if split_file.is_file():
-        held_out_names = {line.split(",")[0] for line in split_file.read_text().splitlines()[1:]}
-        is_held_out = [image_name(cell) in held_out_names for cell in train["image"]]
-        held_out = train.select([i for i, h in enumerate(is_held_out) if h])
-        train = train.select([i for i, h in enumerate(is_held_out) if not h])
+        held_out, train = split_membership(train, split_file)
     else:
         split = train.train_test_split(test_size=0.15, seed=0)
         train, held_out = split["train"], split["test"]
