@@ -162,10 +162,6 @@ client.predict([handle_file("a.png"), handle_file("b.dcm")], api_name="/predict_
 """
 
 
-def load_classifier(model_id: str, revision: str | None = None) -> PneumoniaClassifier:
-    return PneumoniaClassifier.from_pretrained(model_id, revision=revision)
-
-
 def local_examples(folder: str, per_class: int = 2) -> list[str]:
     """A few images per class from EXAMPLES_DIR, copied into the temporary area Gradio serves from."""
     files = expand_paths([folder])
@@ -218,7 +214,7 @@ def main() -> None:
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     model_id = os.environ.get("MODEL_ID", DEFAULT_MODEL)
     try:
-        classifier = load_classifier(model_id, os.environ.get("MODEL_REVISION"))
+        classifier = PneumoniaClassifier.from_pretrained(model_id, revision=os.environ.get("MODEL_REVISION"))
     except ModelLoadError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -117,9 +117,6 @@ class PneumoniaClassifier:
             return logits
         return logits, torch.cat([c[1] for c in chunks]) if chunks else torch.zeros(0, 0)
 
-    def pneumonia_probabilities(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
-        return self.calibrated_probabilities(self.logits(images, batch_size))
-
     def decide(self, pneumonia_probability: float, warning: str | None = None) -> Prediction:
         decision = POSITIVE_LABEL if pneumonia_probability >= self.threshold else NEGATIVE_LABEL
         return Prediction(float(pneumonia_probability), decision, self.threshold, warning)

@@ -20,19 +20,11 @@ from transformers import HfArgumentParser
 
 from chestxray.classifier import PneumoniaClassifier
 from chestxray.ood import REFERENCE_FILE, OodReference
-from train.data import load_image
+from train.report import dataset_logits
 
 # Set above every real radiograph: the check must stay silent on genuine X-rays.
 THRESHOLD_QUANTILE = 0.999
 THRESHOLD_MARGIN = 1.5
-
-
-def dataset_features(classifier: PneumoniaClassifier, dataset: Dataset, batch_size: int = 64) -> torch.Tensor:
-    chunks = []
-    for start in range(0, len(dataset), batch_size):
-        images = [load_image(cell) for cell in dataset[start : start + batch_size]["image"]]
-        chunks.append(classifier.logits(images, batch_size, with_features=True)[1])
-    return torch.cat(chunks)
 
 
 def fit_reference(train_features: torch.Tensor, held_out_features: torch.Tensor) -> tuple[OodReference, dict]:
@@ -53,8 +45,13 @@ def fit_reference(train_features: torch.Tensor, held_out_features: torch.Tensor)
     return reference, stats
 
 
-def write_reference(classifier: PneumoniaClassifier, train: Dataset, held_out: Dataset, model_dir: Path) -> dict:
-    reference, stats = fit_reference(dataset_features(classifier, train), dataset_features(classifier, held_out))
+def dataset_features(classifier: PneumoniaClassifier, dataset: Dataset) -> torch.Tensor:
+    return dataset_logits(classifier, dataset, with_features=True)[1]
+
+
+def write_reference(classifier: PneumoniaClassifier, train_features: torch.Tensor, held_out_features: torch.Tensor,
+                    model_dir: Path) -> dict:
+    reference, stats = fit_reference(train_features, held_out_features)
     reference.save(model_dir)
     classifier.ood_reference = reference
     (model_dir / "ood_reference.json").write_text(json.dumps(stats, indent=2) + "\n")
@@ -82,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         split = train.train_test_split(test_size=0.15, seed=0)
         train, held_out = split["train"], split["test"]
-    stats = write_reference(classifier, train, held_out, model_dir)
+    stats = write_reference(classifier, dataset_features(classifier, train), dataset_features(classifier, held_out), model_dir)
     print(f"Wrote {model_dir / REFERENCE_FILE}: {json.dumps(stats)}")
     return 0
 

@@ -30,7 +30,7 @@ from train.card import SUMMARY_FILE, render_card
 from train.data import LABEL_NAMES, PreparedData, load_image, load_raw_dataset, prepare_splits, write_split_lists
 from train.figures import training_curves
 from train.modeling import build_model
-from train.ood import write_reference
+from train.ood import dataset_features, write_reference
 from train.push import PushError, hub_token, push_model_folder
 from train.report import dataset_logits, evaluate_split, load_metric
 
@@ -237,7 +237,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
 
     classifier = PneumoniaClassifier(trainer.model, built.processor, source=str(output_dir))
     validation = prepared.splits["validation"]
-    validation_logits = dataset_logits(classifier, validation)
+    validation_logits, validation_features = dataset_logits(classifier, validation, with_features=True)
     point = select_operating_point(classifier, validation_logits, np.asarray(validation["label"]), model_args.threshold_strategy,
                                    model_args.min_sensitivity, model_args.fixed_threshold)
     logger.info("Operating point: %s", point)
@@ -245,7 +245,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; training_args.json replaces it
     built.processor.save_pretrained(str(output_dir))
     write_split_lists(prepared.splits, output_dir / "splits")
-    ood_stats = write_reference(classifier, prepared.splits["train"], validation, output_dir)
+    ood_stats = write_reference(classifier, dataset_features(classifier, prepared.splits["train"]), validation_features, output_dir)
     logger.info("Out-of-distribution reference: %s", ood_stats)
     training_curves(trainer.state.log_history, output_dir / "training_curves.png")
 

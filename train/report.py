@@ -24,12 +24,16 @@ def load_metric():
     return evaluate.load(METRIC_PATH)
 
 
-def dataset_logits(classifier: PneumoniaClassifier, dataset: Dataset, batch_size: int = 64) -> np.ndarray:
-    chunks = []
+def dataset_logits(classifier: PneumoniaClassifier, dataset: Dataset, batch_size: int = 64, with_features: bool = False):
+    """Logits (numpy) of every image, and with `with_features` the pooled features (torch) from the same pass."""
+    logits, features = [], []
     for start in range(0, len(dataset), batch_size):
-        cells = dataset[start : start + batch_size]["image"]
-        chunks.append(classifier.logits([load_image(cell) for cell in cells], batch_size).float().numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, 2))
+        images = [load_image(cell) for cell in dataset[start : start + batch_size]["image"]]
+        batch_logits, batch_features = classifier.logits(images, batch_size, with_features=True)
+        logits.append(batch_logits.float().numpy())
+        features.append(batch_features)
+    all_logits = np.concatenate(logits) if logits else np.zeros((0, 2))
+    return (all_logits, torch.cat(features) if features else torch.zeros(0, 0)) if with_features else all_logits
 
 
 def evaluate_split(classifier: PneumoniaClassifier, dataset: Dataset, split: str, dataset_description: str,
