@@ -26,7 +26,7 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from chestxray import ImageReadError, ModelLoadError, PneumoniaClassifier, read_image  # noqa: E402
+from chestxray import ImageReadError, ModelLoadError, PneumoniaClassifier  # noqa: E402
 from chestxray.batch import expand_paths, predict_files, write_csv  # noqa: E402
 from chestxray.explain import grad_cam, overlay  # noqa: E402
 
@@ -52,11 +52,11 @@ def _upload_name(path: str) -> str:
     return Path(path).name
 
 
-def _read_upload(path: str | None) -> Image.Image:
+def _read_upload(classifier: PneumoniaClassifier, path: str | None) -> Image.Image:
     if not path:
         raise user_error("Upload a chest X-ray first (PNG, JPEG, TIFF, BMP, WebP or DICOM).")
     try:
-        return read_image(path, name=_upload_name(path))
+        return classifier.read(path, name=_upload_name(path))
     except ImageReadError as error:
         raise user_error(str(error)) from None
 
@@ -91,11 +91,11 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
     """The whole UI and API around one loaded classifier (the tests launch it with a tiny model)."""
 
     def predict(path: str | None) -> dict:
-        image = _read_upload(path)
+        image = _read_upload(classifier, path)
         return prediction_json(classifier.predict([image])[0], model_name)
 
     def analyse(path: str | None):
-        image = _read_upload(path)
+        image = _read_upload(classifier, path)
         prediction = classifier.predict([image])[0]
         heatmap = overlay(image, grad_cam(classifier, image))
         return prediction.probabilities, decision_markdown(prediction), heatmap, prediction_json(prediction, model_name)
@@ -125,7 +125,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
                     # No heading: the top bar is the argmax, but the decision is made at the stored threshold.
                     confidences = gr.Label(num_top_classes=2, label="Calibrated probabilities", show_heading=False, elem_id="confidences")
                     decision = gr.Markdown(elem_id="decision")
-                    heatmap = gr.Image(label="What drove the PNEUMONIA score (Grad-CAM)", type="numpy", format="png", interactive=False)
+                    heatmap = gr.Image(label="What drove the PNEUMONIA score (Grad-CAM)", type="numpy", format="jpeg", interactive=False)
             with gr.Accordion("JSON (as returned by the /predict API)", open=False):
                 answer = gr.JSON(label="Prediction")
             analyse_button.click(analyse, upload, [confidences, decision, heatmap, answer], api_name="analyse")
@@ -146,7 +146,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
 def about_markdown(classifier: PneumoniaClassifier, model_name: str) -> str:
     config = classifier.model.config
     return f"""
-**Model**: `{model_name}` ({config.model_type}, {classifier.image_size}×{classifier.image_size} input).
+**Model**: `{model_name}` ({config.model_type}, {classifier.image_size}×{classifier.image_size} input, running on {classifier.runtime}).
 Decision threshold **{classifier.threshold:.3f}**, calibration temperature **{classifier.temperature:.3f}** and bias
 **{classifier.bias:.3f}** come from the model's `config.json`; all were chosen on patient-level validation data.
 

@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(REPO / "model"))
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--requests", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=2, help="Repeat the load; flat memory across rounds = no leak.")
+    parser.add_argument("--rounds", type=int, default=3, help="Repeat the load; flat memory across rounds = no leak.")
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
@@ -103,7 +103,8 @@ def main() -> None:
     print(f"good-file failures: {good_failures}   bad files not refused with a message: {bad_unexpected}")
     print(f"latency under load (good files): p50 {np.percentile(good_latency, 50):.0f} ms, p95 {np.percentile(good_latency, 95):.0f} ms")
     print(f"throughput: {len(outcomes) / elapsed:.1f} requests/s over {elapsed:.0f} s")
-    print("server memory (RSS): " + ", ".join(f"{mb:.0f} MB" for mb in memory) + " (before, then after each round)")
+    print("server memory (RSS): " + ", ".join(f"{mb:.0f} MB" for mb in memory) + " (before, then after each round); "
+          "growth per round: " + ", ".join(f"{after - before:+.0f} MB" for before, after in zip(memory, memory[1:])))
     sys.exit(1 if good_failures or bad_unexpected else 0)
 
 

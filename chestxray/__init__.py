@@ -1,7 +1,7 @@
 """Inference core for chest X-ray pneumonia classification.
 
 Shared by training, evaluation, the CLI and the Gradio app. It depends on torch, transformers,
-Pillow and pydicom only: never on training code or on Gradio.
+Pillow, pydicom and (for speed, optional) onnxruntime: never on training code or on Gradio.
 """
 
 from chestxray.classifier import ModelLoadError, PneumoniaClassifier, Prediction

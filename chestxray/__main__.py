@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from chestxray.batch import expand_paths, predict_files, write_csv
 from chestxray.classifier import ModelLoadError, PneumoniaClassifier
+from chestxray.runtime import RUNTIMES
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "model")
 
@@ -24,6 +25,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     predict.add_argument("--model", default=os.environ.get("MODEL_ID", DEFAULT_MODEL), help="Model folder or Hub id (default: $MODEL_ID or the bundled model/).")
     predict.add_argument("--revision", default=os.environ.get("MODEL_REVISION"), help="Hub revision.")
     predict.add_argument("--batch_size", type=int, default=16)
+    predict.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                         help="auto: ONNX Runtime when the model ships a matching onnx/model.onnx, else PyTorch.")
     return parser.parse_args(argv)
 
 
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no image files found in the given paths.", file=sys.stderr)
         return 1
     try:
-        classifier = PneumoniaClassifier.from_pretrained(args.model, revision=args.revision)
+        classifier = PneumoniaClassifier.from_pretrained(args.model, revision=args.revision, runtime=args.runtime)
     except ModelLoadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from chestxray.classifier import PneumoniaClassifier
-from chestxray.imaging import ImageReadError, read_image
+from chestxray.imaging import ImageReadError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom", ""}
 CSV_COLUMNS = ["file", "pneumonia_probability", "decision", "threshold", "warning", "error"]
@@ -46,7 +46,7 @@ def predict_files(classifier: PneumoniaClassifier, files: Sequence[tuple[str, st
         for name, path in chunk:
             result = FileResult(file=name)
             try:
-                images.append(read_image(path, name=name))
+                images.append(classifier.read(path, name=name))
                 readable.append(result)
             except ImageReadError as error:
                 result.error = str(error)

@@ -15,14 +15,16 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from chestxray.imaging import to_model_input
+from chestxray.imaging import ImageSource, read_image, to_model_input
 from chestxray.ood import OodReference, ood_warning
+from chestxray.runtime import ONNX_FILE, RUNTIMES, load_onnx_runtime
 
 POSITIVE_LABEL = "PNEUMONIA"
 NEGATIVE_LABEL = "NORMAL"
 SUPPORTED_MODEL_TYPES = ("convnext", "vit")
 # Only these files are fetched from the Hub: weights as safetensors, never pickles or code.
-HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "README.md"]
+# ONNX is a graph and tensors in protobuf: no code runs when it is loaded.
+HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "README.md", ONNX_FILE]
 
 
 class ModelLoadError(RuntimeError):
@@ -43,11 +45,30 @@ class Prediction:
         return {POSITIVE_LABEL: self.pneumonia_probability, NEGATIVE_LABEL: 1.0 - self.pneumonia_probability}
 
 
-class PneumoniaClassifier:
-    """A loaded model with its processor and operating point."""
+class LogitsAndFeatures(torch.nn.Module):
+    """The network as the app runs it: logits and the pooled features the OOD check measures, in one pass
+    (also the graph exported to ONNX)."""
 
-    def __init__(self, model, processor, source: str = "") -> None:
-        self.model = model.eval()
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = self.model.base_model(pixel_values=pixel_values)
+        pooled = getattr(outputs, "pooler_output", None)
+        features = pooled if pooled is not None else outputs.last_hidden_state[:, 0]  # ViT: the CLS token
+        return self.model.classifier(features), features
+
+
+class PneumoniaClassifier:
+    """A loaded model with its processor and operating point.
+
+    Predictions run on ONNX Runtime when the model folder ships `onnx/model.onnx` that reproduces the
+    safetensors weights (about twice as fast on 2 cores); otherwise, and always for Grad-CAM, on PyTorch.
+    """
+
+    def __init__(self, model, processor, source: str = "", runtime: str = "auto") -> None:
+        self.model = model.eval().requires_grad_(False)  # inference only; Grad-CAM needs no weight gradients
         self.processor = processor
         self.source = source
         config = model.config
@@ -58,10 +79,24 @@ class PneumoniaClassifier:
         self.threshold = float(getattr(config, "decision_threshold", 0.5))
         self.temperature = float(getattr(config, "calibration_temperature", 1.0))
         self.bias = float(getattr(config, "calibration_bias", 0.0))
-        self.ood_reference = OodReference.load(Path(source)) if source and Path(source).is_dir() else None
+        folder = Path(source) if source and Path(source).is_dir() else None
+        self.ood_reference = OodReference.load(folder) if folder else None
+        self.network = LogitsAndFeatures(self.model)
+        self.onnx_session = load_onnx_runtime(folder, self.network, self.image_size, runtime) if folder else None
+        if runtime == "onnx" and self.onnx_session is None:
+            raise ModelLoadError(f"{source}: no usable {ONNX_FILE} (see the log), and the ONNX runtime was required.")
+
+    @property
+    def runtime(self) -> str:
+        return "onnxruntime" if self.onnx_session is not None else "pytorch"
 
     @classmethod
-    def from_pretrained(cls, model_id_or_path: str | Path, revision: str | None = None) -> "PneumoniaClassifier":
+    def from_pretrained(
+        cls, model_id_or_path: str | Path, revision: str | None = None, runtime: str = "auto"
+    ) -> "PneumoniaClassifier":
+        """`runtime`: `auto` (ONNX Runtime when the folder has a matching export), `onnx` or `pytorch`."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
         folder = resolve_model_folder(model_id_or_path, revision)
         try:
             model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
@@ -75,12 +110,16 @@ class PneumoniaClassifier:
             raise ModelLoadError(
                 f"`{model_id_or_path}` is a {model.config.model_type} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
             )
-        return cls(model, processor, source=str(folder))
+        return cls(model, processor, source=str(folder), runtime=runtime)
 
     @property
     def image_size(self) -> int:
         size = self.processor.size
         return int(size.get("height") or size.get("shortest_edge"))
+
+    def read(self, source: ImageSource, name: str | None = None) -> Image.Image:
+        """Read an upload, decoding no more pixels than `shrink` keeps (JPEG DCT scaling)."""
+        return read_image(source, name=name, min_side=2 * self.image_size)
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         inputs = self.processor(images=[to_model_input(self.shrink(image)) for image in images], return_tensors="pt")
@@ -100,11 +139,8 @@ class PneumoniaClassifier:
         return torch.softmax(scaled, dim=-1)[:, self.positive_index].numpy()
 
     def logits_and_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One backbone pass gives both the logits and the pooled features the OOD check measures."""
-        outputs = self.model.base_model(pixel_values=pixel_values)
-        pooled = getattr(outputs, "pooler_output", None)
-        features = pooled if pooled is not None else outputs.last_hidden_state[:, 0]  # ViT: the CLS token
-        return self.model.classifier(features), features
+        """One pass gives both the logits and the pooled features the OOD check measures."""
+        return (self.onnx_session or self.network)(pixel_values)
 
     @torch.inference_mode()
     def logits(self, images: Sequence[Image.Image], batch_size: int = 16, with_features: bool = False):

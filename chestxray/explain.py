@@ -31,31 +31,34 @@ def _as_grid(activations: torch.Tensor, model) -> torch.Tensor:
 
 
 def grad_cam(classifier: PneumoniaClassifier, image: Image.Image) -> np.ndarray:
-    """A [0, 1] map at the model's input resolution; higher = pushed the PNEUMONIA logit up."""
+    """A [0, 1] map at the model's input resolution; higher = pushed the PNEUMONIA logit up.
+
+    The target layer's output is made a fresh leaf that needs a gradient, while the weights need none:
+    the backward pass then runs through the head alone, and the map costs about one forward pass.
+    """
     model = classifier.model
     captured: dict[str, torch.Tensor] = {}
 
     def keep(_module, _inputs, output):
-        output = output[0] if isinstance(output, tuple) else output
-        output.retain_grad()
-        captured["activations"] = output
+        first = output[0] if isinstance(output, tuple) else output
+        leaf = first.detach().requires_grad_(True)
+        captured["activations"] = leaf
+        return (leaf, *output[1:]) if isinstance(output, tuple) else leaf
 
     handle = _target_module(model).register_forward_hook(keep)
     try:
         with torch.enable_grad():
-            pixel_values = classifier.pixel_values([image]).requires_grad_(False)
+            pixel_values = classifier.pixel_values([image])
             logits = model(pixel_values=pixel_values).logits
-            model.zero_grad(set_to_none=True)
-            logits[0, classifier.positive_index].backward()
+            (gradients,) = torch.autograd.grad(logits[0, classifier.positive_index], captured["activations"])
     finally:
         handle.remove()
-    activations = captured["activations"]
-    grid, gradients = _as_grid(activations, model), _as_grid(activations.grad, model)
+    grid, gradients = _as_grid(captured["activations"].detach(), model), _as_grid(gradients, model)
     weights = gradients.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * grid).sum(dim=1, keepdim=True))
     size = pixel_values.shape[-2:]
     cam = torch.nn.functional.interpolate(cam, size=size, mode="bilinear", align_corners=False)[0, 0]
-    cam = cam.detach().numpy()
+    cam = cam.numpy()
     spread = cam.max() - cam.min()
     return (cam - cam.min()) / spread if spread > 1e-12 else np.zeros_like(cam)  # flat map: no localised evidence
 

@@ -39,7 +39,7 @@ def test_one_pass_gives_the_same_logits_as_the_model(classifier):
     with torch.inference_mode():
         logits, features = classifier.logits_and_features(pixel_values)
         reference = classifier.model(pixel_values=pixel_values).logits
-    torch.testing.assert_close(logits, reference)
+    torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)  # ONNX Runtime or PyTorch kernels
     assert features.shape[0] == 2 and classifier.ood_reference.mean.shape[0] == features.shape[1]
 
 
@@ -50,6 +50,45 @@ def test_grad_cam_covers_the_image_and_overlays_at_its_size(classifier):
     assert heatmap.min() >= 0 and heatmap.max() <= 1
     picture = overlay(image, heatmap)
     assert picture.shape == (90, 120, 3) and picture.dtype == np.uint8
+
+
+def _textbook_grad_cam(classifier, image) -> np.ndarray:
+    """Grad-CAM as Selvaraju et al. compute it: a full backward pass, gradients read off the activations."""
+    from chestxray.explain import _as_grid, _target_module
+
+    model, captured = classifier.model, {}
+
+    def keep(_module, _inputs, output):
+        captured["activations"] = output[0] if isinstance(output, tuple) else output
+        captured["activations"].retain_grad()
+
+    model.requires_grad_(True)
+    handle = _target_module(model).register_forward_hook(keep)
+    try:
+        model(pixel_values=classifier.pixel_values([image])).logits[0, classifier.positive_index].backward()
+    finally:
+        handle.remove()
+        model.requires_grad_(False)
+        model.zero_grad(set_to_none=True)
+    grid, gradients = _as_grid(captured["activations"].detach(), model), _as_grid(captured["activations"].grad, model)
+    cam = torch.relu((gradients.mean(dim=(2, 3), keepdim=True) * grid).sum(dim=1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=(classifier.image_size,) * 2, mode="bilinear", align_corners=False)[0, 0].numpy()
+    return (cam - cam.min()) / (cam.max() - cam.min()) if cam.max() > cam.min() else np.zeros_like(cam)
+
+
+def test_grad_cam_equals_the_textbook_full_backward_pass(classifier):
+    """The fast map (gradient through the head only) must be exactly the textbook one."""
+    from pathlib import Path
+
+    bundled = PneumoniaClassifier.from_pretrained(Path(__file__).resolve().parent.parent / "model")
+    non_flat = 0
+    for model in (classifier, bundled):
+        for index in range(6):
+            image = synthetic_xray(index % 2, 70 + index)
+            expected = _textbook_grad_cam(model, image)
+            np.testing.assert_allclose(grad_cam(model, image), expected, atol=1e-5)
+            non_flat += int(expected.max() == 1.0)
+    assert non_flat >= 3  # real maps were compared, not only all-zero ones
 
 
 def test_model_type_is_recorded_in_the_card(trained_vit):
@@ -109,3 +148,77 @@ def test_large_uploads_are_shrunk_first_without_changing_the_answer(trained_mode
         p_direct = classifier.calibrated_probabilities(classifier.model(pixel_values=direct).logits)
         p_shrunk = classifier.calibrated_probabilities(classifier.model(pixel_values=shrunk).logits)
     assert abs(float(p_direct[0]) - float(p_shrunk[0])) < 0.02
+
+
+def test_training_exports_onnx_and_predictions_run_on_it_unchanged(classifier):
+    assert classifier.runtime == "onnxruntime"
+    reference = PneumoniaClassifier.from_pretrained(classifier.source, runtime="pytorch")
+    assert reference.runtime == "pytorch"
+    images = [synthetic_xray(label, 40 + i) for i, label in enumerate([0, 1, 1, 0, 1])]
+    for batch_size in (1, 5):
+        fast, slow = classifier.predict(images, batch_size), reference.predict(images, batch_size)
+        assert [p.decision for p in fast] == [p.decision for p in slow]
+        assert [p.warning for p in fast] == [p.warning for p in slow]
+        np.testing.assert_allclose([p.pneumonia_probability for p in fast], [p.pneumonia_probability for p in slow], atol=1e-5)
+
+
+def _copy_model(source, target):
+    import shutil
+
+    return shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoint-*"))
+
+
+def test_a_stale_or_damaged_onnx_export_falls_back_to_pytorch(trained_model, tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    from chestxray.classifier import ModelLoadError
+    from chestxray.runtime import ONNX_FILE
+
+    stale = _copy_model(trained_model, tmp_path / "stale")
+    weights = load_file(stale / "model.safetensors")
+    weights = {name: tensor * 1.5 if tensor.dim() > 1 else tensor for name, tensor in weights.items()}  # "retrained"
+    save_file(weights, stale / "model.safetensors", metadata={"format": "pt"})
+    with caplog.at_level("WARNING"):
+        assert PneumoniaClassifier.from_pretrained(stale).runtime == "pytorch"
+    assert "stale export" in caplog.text
+    with pytest.raises(ModelLoadError, match="ONNX runtime was required"):
+        PneumoniaClassifier.from_pretrained(stale, runtime="onnx")
+
+    damaged = _copy_model(trained_model, tmp_path / "damaged")
+    (damaged / ONNX_FILE).write_bytes(b"\x08\x07 not a protobuf graph")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        classifier = PneumoniaClassifier.from_pretrained(damaged)
+    assert classifier.runtime == "pytorch" and "Ignoring" in caplog.text
+    assert classifier.predict([synthetic_xray(1, 9)])[0].decision in ("NORMAL", "PNEUMONIA")
+
+
+def test_export_cli_rewrites_a_matching_onnx_file(trained_model, tmp_path, capsys):
+    from chestxray.runtime import ONNX_FILE
+    from train.export_onnx import main as export_main
+
+    folder = _copy_model(trained_model, tmp_path / "model")
+    (folder / ONNX_FILE).unlink()
+    assert PneumoniaClassifier.from_pretrained(folder).runtime == "pytorch"
+    assert export_main(["--model_dir", str(folder)]) == 0
+    assert "onnx/model.onnx" in capsys.readouterr().out
+    assert PneumoniaClassifier.from_pretrained(folder).runtime == "onnxruntime"
+
+
+def test_jpeg_uploads_are_decoded_at_reduced_scale_with_the_same_answer():
+    """The bundled model, on a real X-ray when ../shared/data is here, blown up to a full-size upload."""
+    import io
+    from pathlib import Path
+
+    from chestxray import read_image
+
+    bundled = PneumoniaClassifier.from_pretrained(Path(__file__).resolve().parent.parent / "model")
+    real = sorted((Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray" / "train" / "PNEUMONIA").glob("*.jpeg"))[:3]
+    pictures = [Image.open(path).convert("L") for path in real] or [synthetic_xray(label, 60 + label) for label in (0, 1)]
+    for picture in pictures:
+        buffer = io.BytesIO()
+        picture.resize((2000, 1600), Image.Resampling.BICUBIC).save(buffer, format="JPEG", quality=92)
+        reduced, full = bundled.read(buffer.getvalue(), name="x.jpeg"), read_image(buffer.getvalue(), name="x.jpeg")
+        assert full.size == (2000, 1600) and reduced.size == (500, 400)  # 1/4 scale keeps >= 2x the model's 160 px
+        p_reduced, p_full = (bundled.predict([image])[0].pneumonia_probability for image in (reduced, full))
+        assert abs(p_reduced - p_full) < 0.02

@@ -69,6 +69,9 @@ class ModelArguments:
     )
     min_sensitivity: float = field(default=0.95, metadata={"help": "Sensitivity floor for the threshold search."})
     fixed_threshold: float = field(default=0.5, metadata={"help": "Threshold for `--threshold_strategy fixed`."})
+    export_onnx: bool = field(
+        default=True, metadata={"help": "Also write onnx/model.onnx, which the app runs on ONNX Runtime (~2x faster on CPU)."}
+    )
     early_stopping_patience: int = field(default=5, metadata={"help": "Epochs without validation AUC gain before stopping; 0 disables."})
     hub_dataset_card_id: str = field(
         default="hf-vision/chest-xray-pneumonia", metadata={"help": "Dataset id named in the card's metadata when training from --data_dir (a local copy of it)."}

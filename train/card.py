@@ -11,6 +11,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from chestxray.runtime import ONNX_FILE
+
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_card.md"
 SUMMARY_FILE = "training_summary.json"
 CARD_METRICS = {"roc_auc": "ROC-AUC", "accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1"}
@@ -70,6 +72,7 @@ def render_card(model_dir: str | Path, repo_id: str | None = None, space_id: str
         repo_id=repo_id,
         space_id=space_id or summary.get("space_id") or DEFAULT_SPACE_ID,
         reports=reports,
+        has_onnx=(model_dir / ONNX_FILE).is_file(),
         **{key: value for key, value in summary.items() if key not in ("hub_model_id", "space_id")},
     )
     card.save(model_dir / "README.md")

@@ -22,12 +22,14 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from chestxray.classifier import PneumoniaClassifier
 from chestxray.imaging import to_model_input
+from chestxray.runtime import ONNX_FILE
 from train.arguments import DataArguments, ModelArguments, XRayTrainingArguments
 from train.augment import XRayAugmentation
 from train.calibrate import select_operating_point
 from train.calibration import positive_probabilities
 from train.card import SUMMARY_FILE, render_card
 from train.data import LABEL_NAMES, PreparedData, load_image, load_raw_dataset, prepare_splits, write_split_lists
+from train.export_onnx import export_onnx
 from train.figures import training_curves
 from train.modeling import build_model
 from train.ood import dataset_features, write_reference
@@ -235,7 +237,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
     minutes = (time.perf_counter() - started) / 60
 
-    classifier = PneumoniaClassifier(trainer.model, built.processor, source=str(output_dir))
+    classifier = PneumoniaClassifier(trainer.model, built.processor, source=str(output_dir), runtime="pytorch")
     validation = prepared.splits["validation"]
     validation_logits, validation_features = dataset_logits(classifier, validation, with_features=True)
     point = select_operating_point(classifier, validation_logits, np.asarray(validation["label"]), model_args.threshold_strategy,
@@ -244,6 +246,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     trainer.save_model(str(output_dir))
     (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; training_args.json replaces it
     built.processor.save_pretrained(str(output_dir))
+    (output_dir / ONNX_FILE).unlink(missing_ok=True)  # a previous run's export would not match these weights
+    if model_args.export_onnx:
+        logger.info("ONNX export: %s", export_onnx(classifier, output_dir))
     write_split_lists(prepared.splits, output_dir / "splits")
     ood_stats = write_reference(classifier, dataset_features(classifier, prepared.splits["train"]), validation_features, output_dir)
     logger.info("Out-of-distribution reference: %s", ood_stats)
