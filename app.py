@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 # Uploads land in a private temporary folder that is purged while serving and removed at exit:
@@ -144,7 +145,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
 
 
 def about_markdown(classifier: PneumoniaClassifier, model_name: str) -> str:
-    config = classifier.model.config
+    config = classifier.config
     return f"""
 **Model**: `{model_name}` ({config.model_type}, {classifier.image_size}×{classifier.image_size} input, running on {classifier.runtime}).
 Decision threshold **{classifier.threshold:.3f}**, calibration temperature **{classifier.temperature:.3f}** and bias
@@ -227,7 +228,12 @@ def main() -> None:
         max_file_size=MAX_FILE_SIZE,
         theme=gr.themes.Soft(),
         footer_links=["api"],
+        prevent_thread_lock=True,
     )
+    # Predictions are served from here on; the PyTorch model that Grad-CAM needs loads meanwhile
+    # (a heatmap requested before it is ready waits for it).
+    threading.Thread(target=classifier.load_model, name="load-pytorch-model", daemon=True).start()
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ the size of a real radiograph.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -45,10 +46,9 @@ def core_case(model: str, repeats: int, runtime: str = "auto", vit_base: bool = 
         from transformers import ViTConfig, ViTForImageClassification
 
         vit_base_size = vit_base_size or classifier.image_size
-        config = ViTConfig(image_size=vit_base_size, patch_size=16, num_labels=2, id2label=classifier.model.config.id2label,
-                           label2id=classifier.model.config.label2id)
-        processor = classifier.processor
-        processor.size = {"height": vit_base_size, "width": vit_base_size}
+        config = ViTConfig(image_size=vit_base_size, patch_size=16, num_labels=2, id2label=classifier.config.id2label,
+                           label2id=classifier.config.label2id)
+        processor = dataclasses.replace(classifier.processor, height=vit_base_size, width=vit_base_size)
         classifier = PneumoniaClassifier(ViTForImageClassification(config), processor, source="")
     upload = sample_upload()
     single = time_calls(lambda: classifier.predict([classifier.read(upload, name="x.jpeg")]), repeats)

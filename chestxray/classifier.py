@@ -6,18 +6,21 @@ so the app, the CLI and the evaluation script all make exactly the same call on 
 
 from __future__ import annotations
 
+import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from types import SimpleNamespace
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from chestxray.imaging import ImageSource, read_image, to_model_input
+from chestxray.imaging import ImageSource, read_image
 from chestxray.ood import OodReference, ood_warning
-from chestxray.runtime import ONNX_FILE, RUNTIMES, load_onnx_runtime
+from chestxray.preprocess import Preprocessing
+from chestxray.runtime import ONNX_FILE, RUNTIMES, OnnxRuntimeNetwork, load_onnx_runtime
 
 POSITIVE_LABEL = "PNEUMONIA"
 NEGATIVE_LABEL = "NORMAL"
@@ -61,34 +64,33 @@ class LogitsAndFeatures(torch.nn.Module):
 
 
 class PneumoniaClassifier:
-    """A loaded model with its processor and operating point.
+    """A model with its preprocessing and operating point.
 
-    Predictions run on ONNX Runtime when the model folder ships `onnx/model.onnx` that reproduces the
-    safetensors weights (about twice as fast on 2 cores); otherwise, and always for Grad-CAM, on PyTorch.
+    Predictions run on ONNX Runtime when the model folder ships an `onnx/model.onnx` exported from exactly
+    its safetensors weights (about twice as fast on 2 cores); otherwise on PyTorch. The PyTorch model, needed
+    for Grad-CAM, is then loaded on first use (or by `load_model()` in the background): importing
+    transformers takes seconds that a fresh app should not spend before it can answer.
     """
 
-    def __init__(self, model, processor, source: str = "", runtime: str = "auto") -> None:
-        self.model = model.eval().requires_grad_(False)  # inference only; Grad-CAM needs no weight gradients
-        self.processor = processor
+    def __init__(self, model, processor, source: str = "", onnx_network: OnnxRuntimeNetwork | None = None,
+                 config=None) -> None:
+        """`model`: a transformers model, or a function that loads one (then `config` is required)."""
+        self._model = model.eval().requires_grad_(False) if isinstance(model, torch.nn.Module) else None
+        self._load: Callable | None = None if self._model is not None else model
+        self._lock = threading.Lock()
+        self.config = config if config is not None else self._model.config
+        self.processor = processor if isinstance(processor, Preprocessing) else Preprocessing.from_processor(processor)
         self.source = source
-        config = model.config
-        labels = {name.upper(): int(index) for name, index in config.label2id.items()}
+        labels = {name.upper(): int(index) for name, index in self.config.label2id.items()}
         if set(labels) != {POSITIVE_LABEL, NEGATIVE_LABEL}:
-            raise ModelLoadError(f"{source}: expected labels NORMAL and PNEUMONIA, found {sorted(config.label2id)}.")
+            raise ModelLoadError(f"{source}: expected labels NORMAL and PNEUMONIA, found {sorted(self.config.label2id)}.")
         self.positive_index = labels[POSITIVE_LABEL]
-        self.threshold = float(getattr(config, "decision_threshold", 0.5))
-        self.temperature = float(getattr(config, "calibration_temperature", 1.0))
-        self.bias = float(getattr(config, "calibration_bias", 0.0))
+        self.threshold = float(getattr(self.config, "decision_threshold", 0.5))
+        self.temperature = float(getattr(self.config, "calibration_temperature", 1.0))
+        self.bias = float(getattr(self.config, "calibration_bias", 0.0))
         folder = Path(source) if source and Path(source).is_dir() else None
         self.ood_reference = OodReference.load(folder) if folder else None
-        self.network = LogitsAndFeatures(self.model)
-        self.onnx_session = load_onnx_runtime(folder, self.network, self.image_size, runtime) if folder else None
-        if runtime == "onnx" and self.onnx_session is None:
-            raise ModelLoadError(f"{source}: no usable {ONNX_FILE} (see the log), and the ONNX runtime was required.")
-
-    @property
-    def runtime(self) -> str:
-        return "onnxruntime" if self.onnx_session is not None else "pytorch"
+        self.onnx_network = onnx_network
 
     @classmethod
     def from_pretrained(
@@ -99,31 +101,47 @@ class PneumoniaClassifier:
             raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
         folder = resolve_model_folder(model_id_or_path, revision)
         try:
-            model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
-            processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
-        except Exception as error:  # safetensors, JSON and config errors alike: one clear line, no traceback
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ModelLoadError(
-                f"Cannot load the model from `{model_id_or_path}` (damaged or incomplete model folder?): {reason}"
-            ) from None
-        if model.config.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ModelLoadError(
-                f"`{model_id_or_path}` is a {model.config.model_type} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)}."
-            )
-        return cls(model, processor, source=str(folder), runtime=runtime)
+            config = SimpleNamespace(**json.loads((folder / "config.json").read_text()))
+            processor = Preprocessing.from_folder(folder)
+            model_type = config.model_type
+        except (OSError, ValueError, TypeError, AttributeError) as error:
+            raise ModelLoadError(f"Cannot load the model from `{model_id_or_path}` (damaged or incomplete model folder?): {error}") from None
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ModelLoadError(f"`{model_id_or_path}` is a {model_type} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)}.")
+        onnx_network = load_onnx_runtime(folder, runtime)
+        if runtime == "onnx" and onnx_network is None:
+            raise ModelLoadError(f"{folder}: no usable {ONNX_FILE} (see the log), and the ONNX runtime was required.")
+        if onnx_network is None:  # PyTorch runs the predictions: load it now, so a damaged model fails at start
+            return cls(load_pytorch_model(folder, model_id_or_path), processor, source=str(folder))
+        return cls(lambda: load_pytorch_model(folder, model_id_or_path), processor, str(folder), onnx_network, config)
+
+    @property
+    def model(self):
+        """The PyTorch model (Grad-CAM, training tools), loaded on first use."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load().eval().requires_grad_(False)
+        return self._model
+
+    def load_model(self) -> None:
+        """Load the PyTorch model now (for instance in a background thread once the app is serving)."""
+        _ = self.model
+
+    @property
+    def runtime(self) -> str:
+        return "onnxruntime" if self.onnx_network is not None else "pytorch"
 
     @property
     def image_size(self) -> int:
-        size = self.processor.size
-        return int(size.get("height") or size.get("shortest_edge"))
+        return self.processor.height
 
     def read(self, source: ImageSource, name: str | None = None) -> Image.Image:
         """Read an upload, decoding no more pixels than `shrink` keeps (JPEG DCT scaling)."""
         return read_image(source, name=name, min_side=2 * self.image_size)
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        inputs = self.processor(images=[to_model_input(self.shrink(image)) for image in images], return_tensors="pt")
-        return inputs["pixel_values"]
+        return self.processor([self.shrink(image) for image in images])
 
     def shrink(self, image: Image.Image) -> Image.Image:
         """Box-reduce big uploads by an integer factor to >= 2x the model size before the processor's
@@ -140,7 +158,7 @@ class PneumoniaClassifier:
 
     def logits_and_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass gives both the logits and the pooled features the OOD check measures."""
-        return (self.onnx_session or self.network)(pixel_values)
+        return (self.onnx_network or LogitsAndFeatures(self.model))(pixel_values)
 
     @torch.inference_mode()
     def logits(self, images: Sequence[Image.Image], batch_size: int = 16, with_features: bool = False):
@@ -166,6 +184,16 @@ class PneumoniaClassifier:
             self.decide(p, ood_warning(image, d, self.ood_reference))
             for image, p, d in zip(images, probabilities, distances)
         ]
+
+
+def load_pytorch_model(folder: Path, name: str | Path):
+    from transformers import AutoModelForImageClassification  # seconds of imports: only when needed
+
+    try:
+        return AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
+    except Exception as error:  # safetensors, JSON and config errors alike: one clear line, no traceback
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(f"Cannot load the model from `{name}` (damaged or incomplete model folder?): {reason}") from None
 
 
 def resolve_model_folder(model_id_or_path: str | Path, revision: str | None = None) -> Path:

@@ -135,12 +135,25 @@ def test_a_folder_without_safetensors_is_refused(trained_model, tmp_path):
         PneumoniaClassifier.from_pretrained(copy)
 
 
+def test_own_preprocessing_equals_the_saved_transformers_processor(trained_model):
+    """The core reads preprocessor_config.json itself (no transformers import at start-up): same pixels."""
+    from transformers import AutoImageProcessor
+
+    classifier = PneumoniaClassifier.from_pretrained(trained_model)
+    reference = AutoImageProcessor.from_pretrained(trained_model, backend="pil")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), mode="L") for h, w in [(40, 30), (32, 32), (77, 200)]]
+    images.append(synthetic_xray(1, 5).convert("RGB"))
+    expected = reference(images=[image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(classifier.processor(images), expected, atol=1e-6, rtol=0)
+
+
 def test_large_uploads_are_shrunk_first_without_changing_the_answer(trained_model):
     classifier = PneumoniaClassifier.from_pretrained(trained_model)
     large = synthetic_xray(1, 31, size=96).resize((2000, 1600), Image.Resampling.BICUBIC)
     target = 2 * classifier.image_size
     assert all(target <= side < 2 * target for side in classifier.shrink(large).size)
-    direct = classifier.processor(images=[large.convert("RGB")], return_tensors="pt")["pixel_values"]
+    direct = classifier.processor([large])
     shrunk = classifier.pixel_values([large])
     assert shrunk.shape == direct.shape
     assert (shrunk - direct).abs().mean().item() < 0.05  # normalised units; the pictures are the same
@@ -222,3 +235,12 @@ def test_jpeg_uploads_are_decoded_at_reduced_scale_with_the_same_answer():
         assert full.size == (2000, 1600) and reduced.size == (500, 400)  # 1/4 scale keeps >= 2x the model's 160 px
         p_reduced, p_full = (bundled.predict([image])[0].pneumonia_probability for image in (reduced, full))
         assert abs(p_reduced - p_full) < 0.02
+
+
+def test_onnx_predictions_need_no_pytorch_model_until_a_heatmap_is_asked_for(trained_model):
+    classifier = PneumoniaClassifier.from_pretrained(trained_model)
+    assert classifier.runtime == "onnxruntime" and classifier._model is None
+    assert classifier.predict([synthetic_xray(0, 3)])[0].decision in ("NORMAL", "PNEUMONIA")
+    assert classifier._model is None  # answered without it
+    assert grad_cam(classifier, synthetic_xray(1, 3)).shape == (classifier.image_size,) * 2
+    assert classifier._model is not None and not any(p.requires_grad for p in classifier.model.parameters())

@@ -3,7 +3,8 @@
     python -m train.export_onnx --model_dir model
 
 The graph is the one the app runs (`LogitsAndFeatures`: logits and the pooled OOD features) with a
-dynamic batch size. The export is checked against the PyTorch weights before it is kept.
+dynamic batch size. It is checked against the PyTorch weights before it is kept, and records the SHA-256
+of the `model.safetensors` it came from, so that the app never runs it against other weights.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ import torch
 from transformers import HfArgumentParser
 
 from chestxray.classifier import LogitsAndFeatures, ModelLoadError, PneumoniaClassifier
-from chestxray.runtime import ONNX_FILE, load_onnx_runtime
+from chestxray.runtime import MATCH_TOLERANCE, ONNX_FILE, WEIGHTS_FILE, WEIGHTS_HASH_KEY, OnnxRuntimeNetwork, file_sha256, largest_difference
 
 logger = logging.getLogger(__name__)
 
 
 def export_onnx(classifier: PneumoniaClassifier, folder: str | Path) -> Path:
-    """Write `folder/onnx/model.onnx` for `classifier`'s weights; raises if it does not reproduce them."""
+    """Write `folder/onnx/model.onnx` for `classifier`'s weights (as saved in `folder/model.safetensors`);
+    raises if it does not reproduce them."""
+    import onnx
+
     path = Path(folder) / ONNX_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     network = LogitsAndFeatures(classifier.model).eval()
@@ -35,10 +39,13 @@ def export_onnx(classifier: PneumoniaClassifier, folder: str | Path) -> Path:
         program = torch.onnx.export(
             network, (example,), input_names=["pixel_values"], output_names=["logits", "features"],
             dynamic_shapes={"pixel_values": {0: torch.export.Dim.DYNAMIC}}, dynamo=True, verbose=False)
-    program.save(str(path))
-    if load_onnx_runtime(Path(folder), network, size, runtime="onnx") is None:
+    graph = program.model_proto
+    onnx.helper.set_model_props(graph, {WEIGHTS_HASH_KEY: file_sha256(Path(folder) / WEIGHTS_FILE)})
+    onnx.save(graph, str(path))
+    gap = largest_difference(OnnxRuntimeNetwork(path, torch.get_num_threads()), network, size)
+    if not gap <= MATCH_TOLERANCE:
         path.unlink()
-        raise RuntimeError(f"The ONNX export of {folder} does not reproduce its PyTorch weights; not kept.")
+        raise RuntimeError(f"The ONNX export of {folder} differs from its PyTorch weights by {gap:.3g}; not kept.")
     return path
 
 

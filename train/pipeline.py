@@ -237,7 +237,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
     minutes = (time.perf_counter() - started) / 60
 
-    classifier = PneumoniaClassifier(trainer.model, built.processor, source=str(output_dir), runtime="pytorch")
+    classifier = PneumoniaClassifier(trainer.model, built.processor, source=str(output_dir))
     validation = prepared.splits["validation"]
     validation_logits, validation_features = dataset_logits(classifier, validation, with_features=True)
     point = select_operating_point(classifier, validation_logits, np.asarray(validation["label"]), model_args.threshold_strategy,
