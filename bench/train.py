@@ -37,8 +37,8 @@ def main() -> None:
         model_args, data_args, training_args = parse_arguments([path])
         prepared = prepare_splits(load_raw_dataset(None, data_args.data_dir), data_args, training_args.seed)
         built = build_model(model_args)
-        train_transform, _ = make_transforms(built.processor, model_args.image_size,
-                                             XRayAugmentation(data_args.augmentation_strength, data_args.horizontal_flip))
+        augmentation = XRayAugmentation.from_data_arguments(data_args)
+        train_transform, _ = make_transforms(built.processor, model_args.image_size, augmentation)
         trainer = Trainer(model=built.model, args=training_args, train_dataset=prepared.splits["train"].with_transform(train_transform),
                           data_collator=collate, compute_loss_func=make_loss(class_weights(prepared.splits["train"]["label"], "balanced"), 0.0))
         started = time.perf_counter()

@@ -19,7 +19,7 @@ from train.evaluate import main as evaluate_main
 HUB_FILES = ["config.json", "model.safetensors", "preprocessor_config.json", "README.md", "training_args.json",
              "training_summary.json", "metrics_validation.json", "metrics_test.json", "splits/train.csv",
              "splits/validation.csv", "splits/test.csv", "training_curves.png", "validation_confusion_matrix.png",
-             "validation_roc.png", "validation_reliability.png"]
+             "validation_roc.png", "validation_reliability.png", "robustness_validation.json"]
 
 
 def card_metadata(model_dir: Path) -> dict:
@@ -189,3 +189,31 @@ def test_ood_reference_can_be_added_to_an_existing_folder(trained_model, tiny_im
     stats = json.loads((model / "ood_reference.json").read_text())
     assert stats["held_out_flag_rate"] == 0.0
     assert PneumoniaClassifier.from_pretrained(model).ood_reference.threshold == pytest.approx(stats["threshold"])
+
+
+def test_card_shows_the_threshold_under_acquisition_shifts(trained_model, tiny_image_folder, tmp_path, capsys):
+    import shutil
+
+    from train.shifts import ROBUSTNESS_FILE, SHIFTS
+    from train.shifts import main as shifts_main
+
+    stored = json.loads((trained_model / ROBUSTNESS_FILE).read_text())
+    assert [row["shift"] for row in stored["shifts"]] == list(SHIFTS)
+    assert stored["images"] == len((trained_model / "splits" / "validation.csv").read_text().splitlines()) - 1
+    unchanged = stored["shifts"][0]
+    validation = json.loads((trained_model / "metrics_validation.json").read_text())["metrics"]
+    assert (unchanged["sensitivity"], unchanged["specificity"]) == (validation["sensitivity"], validation["specificity"])
+    card = (trained_model / "README.md").read_text()
+    assert "Robustness to acquisition shifts" in card and "| crop to central 85 % |" in card
+
+    # The CLI measures the same table for a folder that lacks it, and stores it with --write.
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model, ignore=shutil.ignore_patterns("checkpoint-*", ROBUSTNESS_FILE))
+    assert "Robustness to acquisition shifts" not in render_card(model).content
+    assert shifts_main(["--model_dir", str(model), "--data_dir", str(tiny_image_folder), "--write"]) == 0
+    measured = json.loads((model / ROBUSTNESS_FILE).read_text())  # ONNX Runtime now, PyTorch in training: same to ~1e-6
+    assert [row["shift"] for row in measured["shifts"]] == list(SHIFTS)
+    for again, before in zip(measured["shifts"], stored["shifts"]):
+        assert again == pytest.approx(before, abs=0.01)
+    assert "| gamma 0.7 |" in capsys.readouterr().out
+    assert "Robustness to acquisition shifts" in (model / "README.md").read_text()

@@ -31,6 +31,10 @@ class DataArguments:
     augmentation_strength: float = field(
         default=1.0, metadata={"help": "Scales every augmentation range; 0 turns augmentation off."}
     )
+    max_scale_change: float = field(
+        default=0.10,
+        metadata={"help": "Random zoom in/out range (0.10 = 0.9-1.1x, times the strength): framing differs between sites."},
+    )
     horizontal_flip: bool = field(
         default=False, metadata={"help": "Random left-right flips. Off by default: the heart sits on one side."}
     )

@@ -29,6 +29,12 @@ class XRayAugmentation:
     noise_probability: float = 0.2
     max_noise_std: float = 8.0
 
+    @classmethod
+    def from_data_arguments(cls, data_args) -> "XRayAugmentation":
+        """The recipe's augmentation from `DataArguments`: training and its benchmark use the same one."""
+        return cls(strength=data_args.augmentation_strength, horizontal_flip=data_args.horizontal_flip,
+                   max_scale_change=data_args.max_scale_change)
+
     def __call__(self, image: Image.Image, rng: random.Random) -> Image.Image:
         """Augment one grey ("L") image; `rng` makes runs reproducible per worker."""
         if self.strength <= 0:
@@ -39,11 +45,11 @@ class XRayAugmentation:
         image = self._affine(image, rng, s)
         image = ImageEnhance.Brightness(image).enhance(1 + rng.uniform(-1, 1) * self.max_brightness_change * s)
         image = ImageEnhance.Contrast(image).enhance(1 + rng.uniform(-1, 1) * self.max_contrast_change * s)
-        image = _gamma(image, math.exp(rng.uniform(-1, 1) * self.max_gamma_change * s))
+        image = adjust_gamma(image, math.exp(rng.uniform(-1, 1) * self.max_gamma_change * s))
         if rng.random() < self.blur_probability * s:
             image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, self.max_blur_radius)))
         if rng.random() < self.noise_probability * s:
-            image = _gaussian_noise(image, rng.uniform(1.0, self.max_noise_std), rng)
+            image = add_gaussian_noise(image, rng.uniform(1.0, self.max_noise_std), rng)
         return image
 
     def _affine(self, image: Image.Image, rng: random.Random, s: float) -> Image.Image:
@@ -62,12 +68,12 @@ class XRayAugmentation:
         return image.transform(image.size, Image.Transform.AFFINE, (a, b, c, d, e, f), Image.Resampling.BILINEAR)
 
 
-def _gamma(image: Image.Image, gamma: float) -> Image.Image:
+def adjust_gamma(image: Image.Image, gamma: float) -> Image.Image:
     table = [round(255 * (i / 255) ** gamma) for i in range(256)]
     return image.point(table)
 
 
-def _gaussian_noise(image: Image.Image, std: float, rng: random.Random) -> Image.Image:
+def add_gaussian_noise(image: Image.Image, std: float, rng: random.Random) -> Image.Image:
     noise = np.random.default_rng(rng.getrandbits(32)).normal(0, std, (image.height, image.width))
     pixels = np.asarray(image, dtype=np.float32) + noise
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")

@@ -75,11 +75,11 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, strategy: str, min_
     """
     labels, scores = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
     if strategy == "fixed":
-        return (fixed_threshold, *_rates(labels, scores, fixed_threshold))
+        return (fixed_threshold, *sensitivity_specificity(labels, scores, fixed_threshold))
     candidates = np.unique(scores)[::-1]
     best = None
     for index, cut in enumerate(candidates):
-        sensitivity, specificity = _rates(labels, scores, cut)
+        sensitivity, specificity = sensitivity_specificity(labels, scores, cut)
         if strategy == "youden_at_min_sensitivity" and sensitivity < min_sensitivity:
             continue
         key = (sensitivity + specificity - 1, specificity)
@@ -87,11 +87,11 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, strategy: str, min_
             lower = candidates[index + 1] if index + 1 < len(candidates) else 0.0
             best = (key, (cut + lower) / 2, sensitivity, specificity)
     if best is None:  # no cut reaches the floor: call everything positive but keep the math honest
-        return (0.0, *_rates(labels, scores, 0.0))
+        return (0.0, *sensitivity_specificity(labels, scores, 0.0))
     return best[1], best[2], best[3]
 
 
-def _rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float]:
+def sensitivity_specificity(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float]:
     called = scores >= threshold
     positives, negatives = labels == 1, labels == 0
     sensitivity = float(called[positives].mean()) if positives.any() else 0.0

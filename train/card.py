@@ -12,6 +12,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from chestxray.runtime import ONNX_FILE
+from train.shifts import ROBUSTNESS_FILE
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_card.md"
 SUMMARY_FILE = "training_summary.json"
@@ -73,6 +74,7 @@ def render_card(model_dir: str | Path, repo_id: str | None = None, space_id: str
         space_id=space_id or summary.get("space_id") or DEFAULT_SPACE_ID,
         reports=reports,
         has_onnx=(model_dir / ONNX_FILE).is_file(),
+        robustness=json.loads((model_dir / ROBUSTNESS_FILE).read_text()) if (model_dir / ROBUSTNESS_FILE).is_file() else None,
         **{key: value for key, value in summary.items() if key not in ("hub_model_id", "space_id")},
     )
     card.save(model_dir / "README.md")

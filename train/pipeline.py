@@ -35,6 +35,7 @@ from train.modeling import build_model
 from train.ood import dataset_features, write_reference
 from train.push import PushError, hub_token, push_model_folder
 from train.report import dataset_logits, evaluate_split, load_metric
+from train.shifts import shift_report, write_shift_report
 
 logger = logging.getLogger("train")
 
@@ -173,6 +174,7 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
             "warmup steps (< 1: fraction of training)": training_args.warmup_steps,
             "label smoothing": training_args.label_smoothing_factor, "drop path": model_args.drop_path_rate,
             "class weighting": model_args.class_weighting, "augmentation strength": data_args.augmentation_strength,
+            "zoom range": f"±{data_args.max_scale_change * data_args.augmentation_strength:.0%}",
             "horizontal flip": data_args.horizontal_flip, "early stopping patience": model_args.early_stopping_patience,
             "seed": training_args.seed,
         },
@@ -214,8 +216,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
 
     built = build_model(model_args)
     image_size = built.processor.size["height"]
-    augmentation = XRayAugmentation(strength=data_args.augmentation_strength, horizontal_flip=data_args.horizontal_flip)
-    train_transform, eval_transform = make_transforms(built.processor, image_size, augmentation)
+    train_transform, eval_transform = make_transforms(built.processor, image_size, XRayAugmentation.from_data_arguments(data_args))
     train_set = prepared.splits["train"].with_transform(train_transform)
     validation_set = prepared.splits["validation"].with_transform(eval_transform)
 
@@ -257,6 +258,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     reports = {"validation": evaluate_split(classifier, validation, "validation",
                                             split_description("validation", data_args, prepared.grouped_by_patient),
                                             output_dir, validation_logits)}
+    write_shift_report(shift_report(classifier, [load_image(cell) for cell in validation["image"]], validation["label"]), output_dir)
     if "test" in prepared.splits:
         reports["test"] = evaluate_split(classifier, prepared.splits["test"], "test",
                                          split_description("test", data_args, prepared.grouped_by_patient), output_dir)

@@ -1,0 +1,122 @@
+"""Acquisition shifts: does the stored threshold survive another machine's or hospital's pictures?
+
+The official test split and other sites are out of reach, so the model's own patient-level validation
+images are altered the ways acquisition differs (exposure, contrast, gamma, blur, noise, heavy JPEG,
+low resolution, a tighter framing) and scored at the **stored** threshold. A threshold on a knife edge
+shows as specificity or sensitivity collapsing under mild shifts. Training writes the table next to the
+weights (`robustness_validation.json`) and the card shows it;
+
+    python -m train.shifts --model_dir model --data_dir ../shared/data/chest_xray [--write]
+
+prints it for any model folder (and with `--write` stores it and re-renders the card).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+from sklearn.metrics import roc_auc_score
+
+from chestxray.classifier import PneumoniaClassifier
+from train.augment import add_gaussian_noise, adjust_gamma
+from train.calibration import sensitivity_specificity
+
+ROBUSTNESS_FILE = "robustness_validation.json"
+
+
+def jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("L")
+
+
+def central_crop(image: Image.Image, keep: float) -> Image.Image:
+    """A tighter framing: the central `keep` of each side (0.85 is a 1.18x zoom)."""
+    w, h = image.size
+    dx, dy = int(w * (1 - keep) / 2), int(h * (1 - keep) / 2)
+    return image.crop((dx, dy, w - dx, h - dy))
+
+
+SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "none": lambda im: im,
+    "brighter (+20 %)": lambda im: ImageEnhance.Brightness(im).enhance(1.2),
+    "darker (-20 %)": lambda im: ImageEnhance.Brightness(im).enhance(0.8),
+    "more contrast (+30 %)": lambda im: ImageEnhance.Contrast(im).enhance(1.3),
+    "less contrast (-30 %)": lambda im: ImageEnhance.Contrast(im).enhance(0.7),
+    "gamma 0.7": lambda im: adjust_gamma(im, 0.7),
+    "gamma 1.4": lambda im: adjust_gamma(im, 1.4),
+    "blur (radius 1.5)": lambda im: im.filter(ImageFilter.GaussianBlur(1.5)),
+    "noise (std 8)": lambda im: add_gaussian_noise(im, 8.0, random.Random(0)),
+    "JPEG quality 20": lambda im: jpeg(im, 20),
+    "half resolution": lambda im: im.resize((im.width // 2, im.height // 2), Image.Resampling.BILINEAR),
+    "crop to central 85 %": lambda im: central_crop(im, 0.85),
+}
+
+
+def shift_report(classifier: PneumoniaClassifier, images: Sequence[Image.Image], labels: Sequence[int]) -> dict:
+    """ROC-AUC, and sensitivity and specificity at the stored threshold, for every shift."""
+    labels = np.asarray(labels)
+    rows = []
+    for name, shift in SHIFTS.items():
+        predictions = classifier.predict([shift(image) for image in images], batch_size=32)
+        scores = np.array([p.pneumonia_probability for p in predictions])
+        sensitivity, specificity = sensitivity_specificity(labels, scores, classifier.threshold)
+        auc = float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
+        rows.append({"shift": name, "roc_auc": auc, "sensitivity": sensitivity, "specificity": specificity})
+    return {"split": "validation", "threshold": classifier.threshold, "images": len(labels), "shifts": rows}
+
+
+def write_shift_report(report: dict, model_dir: Path) -> None:
+    (Path(model_dir) / ROBUSTNESS_FILE).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def markdown_table(report: dict) -> str:
+    lines = ["| alteration | ROC-AUC | sensitivity | specificity |", "|---|---|---|---|"]
+    for row in report["shifts"]:
+        auc = "n/a" if row["roc_auc"] is None else f"{row['roc_auc']:.4f}"
+        lines.append(f"| {row['shift']} | {auc} | {row['sensitivity']:.3f} | {row['specificity']:.3f} |")
+    return "\n".join(lines)
+
+
+@dataclass
+class ShiftArguments:
+    model_dir: str = field(metadata={"help": "Model folder with its splits/validation.csv (written by `python -m train`)."})
+    data_dir: Optional[str] = field(default=None, metadata={"help": "The image folder the model was trained from."})
+    dataset_name: Optional[str] = field(default=None, metadata={"help": "The Hub dataset the model was trained from."})
+    write: bool = field(default=False, metadata={"help": f"Store {ROBUSTNESS_FILE} in the model folder and re-render its card."})
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transformers import HfArgumentParser
+
+    from train.card import SUMMARY_FILE, render_card
+    from train.data import load_image, load_raw_dataset, split_membership
+
+    (args,) = HfArgumentParser(ShiftArguments).parse_args_into_dataclasses(args=argv)
+    model_dir = Path(args.model_dir)
+    split_file = model_dir / "splits" / "validation.csv"
+    if not split_file.is_file():
+        print(f"error: {split_file} not found: the shifts are measured on the model's own validation images.", file=sys.stderr)
+        return 1
+    classifier = PneumoniaClassifier.from_pretrained(model_dir)
+    validation, _ = split_membership(load_raw_dataset(args.dataset_name, args.data_dir)["train"], split_file)
+    report = shift_report(classifier, [load_image(cell) for cell in validation["image"]], validation["label"])
+    print(f"{model_dir}: {report['images']} validation images, stored threshold {classifier.threshold:.3f}\n")
+    print(markdown_table(report))
+    if args.write:
+        write_shift_report(report, model_dir)
+        if (model_dir / SUMMARY_FILE).is_file():
+            render_card(model_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
