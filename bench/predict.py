@@ -11,6 +11,7 @@ Prints p50/p95 latency at batch 1 and throughput at batch 16 for:
   (c) the Grad-CAM heatmap;
   (d) a ViT-base (random weights: same cost as the peers' models) through the same core, at our input
       size and at the 224 px the peers use.
+Then where the time of (a) goes: decoding, preprocessing, the network on each runtime, the image checks.
 Each case runs in its own process so its peak memory (RSS) is its own. The upload is a 2000x1600 JPEG,
 the size of a real radiograph.
 """
@@ -56,6 +57,30 @@ def core_case(model: str, repeats: int, runtime: str = "auto", vit_base: bool = 
                        max(5, repeats // 10), warmup=1)
     parameters = sum(p.numel() for p in classifier.model.parameters())
     return _summary(single, batch, peak_rss_mb(), parameters=parameters, runtime=classifier.runtime)
+
+
+def stage_times(model: str, repeats: int) -> dict:
+    """p50 ms of each step of (a), and of the networks alone: where the time goes."""
+    import torch
+
+    from chestxray import PneumoniaClassifier
+    from chestxray.classifier import LogitsAndFeatures
+    from chestxray.ood import image_reasons
+
+    torch.set_num_threads(2)
+    classifier = PneumoniaClassifier.from_pretrained(model)
+    upload = sample_upload()
+    image = classifier.read(upload, name="x.jpeg")
+    pixels = classifier.pixel_values([image])
+    pytorch_network = LogitsAndFeatures(classifier.model)
+    stages = {
+        "decode": lambda: classifier.read(upload, name="x.jpeg"),
+        "preprocess": lambda: classifier.pixel_values([image]),
+        "network (ONNX Runtime)": lambda: classifier.onnx_network(pixels),
+        "network (PyTorch)": lambda: torch.inference_mode()(pytorch_network)(pixels),
+        "image checks (OOD)": lambda: image_reasons(image),
+    }
+    return {name: percentiles(time_calls(stage, repeats))[0] for name, stage in stages.items()}
 
 
 def heatmap_case(model: str, repeats: int) -> dict:
@@ -161,21 +186,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(REPO / "model"))
     parser.add_argument("--repeats", type=int, default=100)
-    parser.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)
+    parser.add_argument("--case", choices=[*CASES, "stages"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        print(json.dumps(CASES[args.case](args.model, args.repeats)))
+        measure = stage_times if args.case == "stages" else CASES[args.case]
+        print(json.dumps(measure(args.model, args.repeats)))
         return
-    results = {}
-    for case in CASES:
-        output = subprocess.run([sys.executable, __file__, "--model", args.model, "--repeats", str(args.repeats), "--case", case],
-                                capture_output=True, text=True, check=True).stdout
-        results[case] = json.loads(output.strip().splitlines()[-1])
+
+    def run_case(case: str) -> dict:  # each case in its own process: its peak memory is its own
+        command = [sys.executable, __file__, "--model", args.model, "--repeats", str(args.repeats), "--case", case]
+        return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+
+    results = {case: run_case(case) for case in CASES}
     print("| case | p50 ms | p95 ms | batch-16 images/s | peak RSS MB |\n|---|---|---|---|---|")
     for case, r in results.items():
         throughput = f"{r['throughput']:.1f}" if r["throughput"] else "–"
         rss = f"{r['rss']:.0f}" if r["rss"] else "–"
         print(f"| {LABELS[case]} | {r['p50']:.1f} | {r['p95']:.1f} | {throughput} | {rss} |")
+    print("\nwhere (a) goes, p50 ms: " + ", ".join(f"{name} {ms:.1f}" for name, ms in run_case("stages").items()))
     ours = results["core"]["p50"]
     print(f"\nViT-base / ours (p50, batch 1): {results['vit_base']['p50'] / ours:.1f}x at our input size, "
           f"{results['vit_base_224']['p50'] / ours:.1f}x at 224 px")
