@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from chestxray import PneumoniaClassifier  # noqa: E402
 from train.calibration import sensitivity_specificity  # noqa: E402
-from train.shifts import SHIFTS, central_crop  # noqa: E402
+from train.shifts import SHIFTS, central_crop, validation_images  # noqa: E402
 
 
 def wider(image: Image.Image, margin: float = 0.05) -> Image.Image:
@@ -43,12 +43,9 @@ def main() -> None:
     parser.add_argument("--model", default=str(REPO / "model"))
     parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "chest_xray"))
     args = parser.parse_args()
-    from train.data import load_image, load_raw_dataset, split_membership
-
     classifier = PneumoniaClassifier.from_pretrained(args.model)
-    validation_list = Path(args.model) / "splits" / "validation.csv"
-    validation, _ = split_membership(load_raw_dataset(None, args.data_dir)["train"], validation_list)
-    images, labels = [load_image(cell) for cell in validation["image"]], np.asarray(validation["label"])
+    images, labels = validation_images(Path(args.model), args.data_dir)
+    labels = np.asarray(labels)
     print(f"{args.model}: {len(images)} validation images, stored threshold {classifier.threshold:.3f}\n")
     print("| alteration | ROC-AUC plain / TTA | sensitivity plain / TTA | specificity plain / TTA |\n|---|---|---|---|")
     for name, shift in SHIFTS.items():

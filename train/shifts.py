@@ -86,6 +86,15 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def validation_images(model_dir: Path, data_dir: str | None, dataset_name: str | None = None) -> tuple[list, list[int]]:
+    """The images and labels a model was validated on, from its `splits/validation.csv` and its training data."""
+    from train.data import load_image, load_raw_dataset, split_membership
+
+    split_file = Path(model_dir) / "splits" / "validation.csv"
+    validation, _ = split_membership(load_raw_dataset(dataset_name, data_dir)["train"], split_file)
+    return [load_image(cell) for cell in validation["image"]], list(validation["label"])
+
+
 @dataclass
 class ShiftArguments:
     model_dir: str = field(metadata={"help": "Model folder with its splits/validation.csv (written by `python -m train`)."})
@@ -98,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import HfArgumentParser
 
     from train.card import SUMMARY_FILE, render_card
-    from train.data import load_image, load_raw_dataset, split_membership
 
     (args,) = HfArgumentParser(ShiftArguments).parse_args_into_dataclasses(args=argv)
     model_dir = Path(args.model_dir)
@@ -107,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {split_file} not found: the shifts are measured on the model's own validation images.", file=sys.stderr)
         return 1
     classifier = PneumoniaClassifier.from_pretrained(model_dir)
-    validation, _ = split_membership(load_raw_dataset(args.dataset_name, args.data_dir)["train"], split_file)
-    report = shift_report(classifier, [load_image(cell) for cell in validation["image"]], validation["label"])
+    report = shift_report(classifier, *validation_images(model_dir, args.data_dir, args.dataset_name))
     print(f"{model_dir}: {report['images']} validation images, stored threshold {classifier.threshold:.3f}\n")
     print(markdown_table(report))
     if args.write:
