@@ -42,20 +42,26 @@ def validation_sample() -> list[tuple[Path, int]]:
 requires_bundled_model = pytest.mark.skipif(not (BUNDLED_MODEL / "model.safetensors").is_file(), reason="no bundled model/")
 
 
+def bundled_model_on_sample(alter=lambda image: image):
+    """The bundled model's predictions on the fixed validation sample, each image altered by `alter` first:
+    (predictions, labels, probabilities, called PNEUMONIA at the stored threshold)."""
+    classifier = PneumoniaClassifier.from_pretrained(BUNDLED_MODEL)
+    sample = validation_sample()
+    predictions = classifier.predict([alter(read_image(path)) for path, _ in sample])
+    labels = np.array([label for _, label in sample])
+    probabilities = np.array([p.pneumonia_probability for p in predictions])
+    return predictions, labels, probabilities, probabilities >= classifier.threshold
+
+
 @requires_real_data
 @requires_bundled_model
 def test_bundled_model_on_real_validation_images():
-    classifier = PneumoniaClassifier.from_pretrained(BUNDLED_MODEL)
-    sample = validation_sample()
-    predictions = classifier.predict([read_image(path) for path, _ in sample])
-    labels = np.array([label for _, label in sample])
-    probabilities = np.array([p.pneumonia_probability for p in predictions])
-    called = probabilities >= classifier.threshold
+    predictions, labels, probabilities, called = bundled_model_on_sample()
     assert roc_auc_score(labels, probabilities) >= 0.97
     assert called[labels == 1].mean() >= 0.93  # sensitivity at the stored threshold
     assert (~called[labels == 0]).mean() >= 0.80  # specificity at the stored threshold
     warnings = [p.warning for p in predictions if p.warning]
-    assert len(warnings) <= 0.01 * len(sample), warnings  # the OOD check stays quiet on real X-rays
+    assert len(warnings) <= 0.01 * len(predictions), warnings  # the OOD check stays quiet on real X-rays
 
 
 @requires_real_data
@@ -63,12 +69,7 @@ def test_bundled_model_on_real_validation_images():
 def test_bundled_model_threshold_holds_on_a_tighter_framing():
     """Another site frames the chest tighter: the ranking and the stored threshold must both survive it
     (an earlier model kept its AUC but called 30 % of healthy children sick on this crop)."""
-    classifier = PneumoniaClassifier.from_pretrained(BUNDLED_MODEL)
-    sample = validation_sample()
-    predictions = classifier.predict([central_crop(read_image(path), 0.85) for path, _ in sample])
-    labels = np.array([label for _, label in sample])
-    probabilities = np.array([p.pneumonia_probability for p in predictions])
-    called = probabilities >= classifier.threshold
+    _, labels, probabilities, called = bundled_model_on_sample(lambda image: central_crop(image, 0.85))
     assert roc_auc_score(labels, probabilities) >= 0.97
     assert called[labels == 1].mean() >= 0.93
     assert (~called[labels == 0]).mean() >= 0.80

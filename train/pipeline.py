@@ -216,7 +216,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
 
     built = build_model(model_args)
     image_size = built.processor.size["height"]
-    train_transform, eval_transform = make_transforms(built.processor, image_size, XRayAugmentation.from_data_arguments(data_args))
+    augmentation = XRayAugmentation.from_data_arguments(data_args)
+    train_transform, eval_transform = make_transforms(built.processor, image_size, augmentation)
     train_set = prepared.splits["train"].with_transform(train_transform)
     validation_set = prepared.splits["validation"].with_transform(eval_transform)
 
@@ -258,7 +259,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     reports = {"validation": evaluate_split(classifier, validation, "validation",
                                             split_description("validation", data_args, prepared.grouped_by_patient),
                                             output_dir, validation_logits)}
-    write_shift_report(shift_report(classifier, [load_image(cell) for cell in validation["image"]], validation["label"]), output_dir)
+    validation_images = [load_image(cell) for cell in validation["image"]]
+    write_shift_report(shift_report(classifier, validation_images, validation["label"]), output_dir)
     if "test" in prepared.splits:
         reports["test"] = evaluate_split(classifier, prepared.splits["test"], "test",
                                          split_description("test", data_args, prepared.grouped_by_patient), output_dir)
