@@ -1,7 +1,8 @@
 """Turn any real upload (JPEG, PNG 8/16-bit, TIFF, BMP, WebP, DICOM) into the grey image the model sees.
 
-Every failure becomes an `ImageReadError` whose message a person can act on; nothing here logs
-or returns DICOM header data, so patient details never leave this module.
+Every failure, whatever raised it, becomes an `ImageReadError` whose message a person can act on, and every
+limit (`ReadLimits`) is checked from the header before pixels are decoded. Nothing here logs or returns
+DICOM header data except the few coded facts of `chestxray.dicom`, so patient details never leave the reader.
 """
 
 from __future__ import annotations
@@ -13,22 +14,35 @@ from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageMode, ImageOps, UnidentifiedImageError
 
 from chestxray.ood import colourfulness
+from chestxray.upload import (
+    SUPPORTED_FORMATS,
+    ImageReadError,
+    ReadLimits,
+    check_decoded_bytes,
+    check_geometry,
+    colour_thumbnail,
+    display_name,
+    stretch_to_grey,
+)
+
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageReadError", "ImageSource", "is_dicom", "read_image", "to_model_input"]
 
 ImageSource = Union[bytes, str, os.PathLike, BinaryIO]
 
-# 50 megapixels is well above any radiograph (a 43x43 cm detector at 100 µm is ~18.5 MP) and
-# far below what would exhaust a 2-core Space's memory.
-DEFAULT_MAX_PIXELS = 50_000_000
-SUPPORTED_FORMATS = "PNG, JPEG, TIFF, BMP, WebP or DICOM"
+DEFAULT_MAX_PIXELS = ReadLimits().max_pixels
+# Pillow opens only these: EPS (Ghostscript), ICO, PGM, JPEG 2000 and its other plugins are never reached.
+# GIF is not advertised but still read, so that an animated one is refused for what it is.
+PILLOW_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
 _DICOM_MAGIC_OFFSET = 128
+_DICOM_FIRST_GROUPS = (b"\x02\x00", b"\x08\x00")  # file meta, or identifying data of a bare dataset
 ORIENTATION_TAG = 0x0112
-
-
-class ImageReadError(ValueError):
-    """An upload that cannot be used as a chest X-ray, with a message meant for the person who sent it."""
+_FRAMES_COUNTED = 10  # frames counted for the message; an animation is refused whatever its length
+_NUMERIC_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # 16-bit, 32-bit and float grey
+_GREY_MODES = ("1", "L") + _NUMERIC_MODES
+_TEXT_CHUNK_ERRORS = ("too large", "too much memory")  # Pillow's PNG text-chunk limits
 
 
 def read_image(
@@ -38,19 +52,37 @@ def read_image(
 
     With `min_side`, a JPEG is decoded at 1/2, 1/4 or 1/8 scale (DCT scaling, in the decoder) as long as
     both sides keep at least `min_side` pixels: a model that sees 160 px needs no 2000x1600 decode.
+    A DICOM file's coded facts (modality, view, body part, age, ...) are in `image.info["dicom"]`.
     """
-    data, name = _read_bytes(source, name)
-    if not data:
-        raise ImageReadError(f"`{name}` is empty (0 bytes).")
-    if is_dicom(data, name):
-        return _read_dicom(data, name, max_pixels)
-    return _read_raster(data, name, max_pixels, min_side)
+    limits = ReadLimits(max_pixels=max_pixels)
+    name = display_name(name or _source_name(source))
+    try:
+        data = _read_bytes(source, name, limits)
+        if not data:
+            raise ImageReadError(f"`{name}` is empty (0 bytes).")
+        if is_dicom(data, name):
+            from chestxray.dicom import read_dicom  # pydicom is imported only when a DICOM file arrives
+
+            return read_dicom(data, name, limits)
+        return _read_raster(data, name, limits, min_side)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        message = f"`{name}` is too large to decode in the memory available."
+    except Exception:  # noqa: BLE001 - a reader's own bug must still be one file's clear error, never a traceback
+        message = f"`{name}` cannot be read (damaged or unsupported file)."
+    raise ImageReadError(message)  # raised outside `except`: no chained exception carries file contents along
 
 
 def is_dicom(data: bytes, name: str = "") -> bool:
-    """DICOM is recognised by content (the `DICM` tag), or by a `.dcm` name for files without a preamble."""
+    """DICOM is recognised by content: the `DICM` tag after the preamble or, without a preamble, a first element
+    of group 0002 or 0008 in explicit or implicit VR; or by a `.dcm` name."""
     if data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == b"DICM":
         return True
+    if data[:2] in _DICOM_FIRST_GROUPS and len(data) >= 8:
+        vr, implicit_length = data[4:6], int.from_bytes(data[4:8], "little")
+        if vr.isalpha() and vr.isupper() or implicit_length <= len(data) - 8:
+            return True
     return name.lower().endswith((".dcm", ".dicom"))
 
 
@@ -59,103 +91,114 @@ def to_model_input(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def _read_bytes(source: ImageSource, name: str | None) -> tuple[bytes, str]:
+def _source_name(source: ImageSource) -> str:
     if isinstance(source, (bytes, bytearray)):
-        return bytes(source), name or "upload"
+        return "upload"
     if isinstance(source, (str, os.PathLike)):
+        return Path(source).name
+    return str(getattr(source, "name", "") or "upload")
+
+
+def _read_bytes(source: ImageSource, name: str, limits: ReadLimits) -> bytes:
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
-            raise ImageReadError(f"`{name or path.name}` does not exist or is not a file.")
-        return path.read_bytes(), name or path.name
-    return source.read(), name or getattr(source, "name", "upload")
+            raise ImageReadError(f"`{name}` does not exist or is not a file.")
+        if path.stat().st_size > limits.max_file_bytes:  # refused unread
+            raise ImageReadError(_file_too_big(name, limits))
+        data = path.read_bytes()
+    else:
+        data = source.read(limits.max_file_bytes + 1)
+    if len(data) > limits.max_file_bytes:
+        raise ImageReadError(_file_too_big(name, limits))
+    return data
 
 
-def _read_raster(data: bytes, name: str, max_pixels: int, min_side: int | None = None) -> Image.Image:
+def _file_too_big(name: str, limits: ReadLimits) -> str:
+    return f"`{name}` is larger than {limits.max_file_bytes // 2**20} MB, more than the limit for one X-ray file."
+
+
+def _read_raster(data: bytes, name: str, limits: ReadLimits, min_side: int | None) -> Image.Image:
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on damaged metadata are no business of the sender
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            _check_pixel_count(image.width, image.height, name, max_pixels)
-            _refuse_multi_frame(getattr(image, "n_frames", 1), name)
+            image = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
+            check_geometry(image.width, image.height, name, limits)
+            check_decoded_bytes(image.width, image.height, _bytes_per_pixel(image.mode), name, limits)
+            _refuse_multi_frame(image, name)
             if min_side and image.format == "JPEG":
                 image.draft(None, (min_side, min_side))
             image.load()
     except ImageReadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        if isinstance(error, UnidentifiedImageError):
-            raise ImageReadError(f"`{name}` is not an image (expected {SUPPORTED_FORMATS}).") from None
-        raise ImageReadError(f"`{name}` has too many pixels to be a radiograph, more than the limit of {max_pixels:,}.") from None
-    except (OSError, SyntaxError, ValueError, EOFError):
-        raise ImageReadError(f"`{name}` is truncated or corrupt and cannot be decoded.") from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a damaged EXIF block costs only the orientation
-        if image.getexif().get(ORIENTATION_TAG, 1) != 1:
-            image = ImageOps.exif_transpose(image)
-    colour = colourfulness(image) if image.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F") else 0.0
+    except Exception as error:  # noqa: BLE001 - each decoder failure gets the message that fits it
+        message = _decode_failure(error, name, limits)
+    else:
+        return _upright_grey(image)
+    raise ImageReadError(message)
+
+
+def _decode_failure(error: Exception, name: str, limits: ReadLimits) -> str:
+    if isinstance(error, UnidentifiedImageError):
+        return f"`{name}` is not an image (expected {SUPPORTED_FORMATS})."
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"`{name}` has too many pixels to be a radiograph, more than the limit of {limits.max_pixels:,}."
+    if isinstance(error, ValueError) and any(text in str(error).lower() for text in _TEXT_CHUNK_ERRORS):
+        return f"`{name}` carries text metadata too large to read; save the image again without it."
+    if isinstance(error, MemoryError):
+        return f"`{name}` is too large to decode in the memory available."
+    return f"`{name}` is truncated or corrupt and cannot be decoded."
+
+
+def _bytes_per_pixel(mode: str) -> float:
+    """Decoded bytes of one pixel in `mode` (RGB counts 3, as decoded; "1" counts 1, as Pillow stores it)."""
+    info = ImageMode.getmode(mode)
+    return max(1, np.dtype(info.typestr).itemsize) * len(info.bands)
+
+
+def _refuse_multi_frame(image: Image.Image, name: str) -> None:
+    """An animation or a stack is refused; frames are counted only up to a few (Pillow's `n_frames` walks them all)."""
+    if not getattr(image, "is_animated", False):
+        return
+    frames = 1
+    try:
+        while frames <= _FRAMES_COUNTED:
+            image.seek(frames)
+            frames += 1
+    except EOFError:
+        pass
+    count = f"{frames}" if frames <= _FRAMES_COUNTED else f"more than {_FRAMES_COUNTED}"
+    raise ImageReadError(f"`{name}` has {count} frames (animation or stack); upload a single still radiograph.")
+
+
+def _upright_grey(image: Image.Image) -> Image.Image:
+    image = _upright(image)
+    colour = 0.0 if image.mode in _GREY_MODES else colourfulness(colour_thumbnail(image))
     grey = _to_grey(image)
-    grey.info["colourfulness"] = colour  # read by the out-of-distribution check
+    grey.info = {"colourfulness": colour}  # read by the out-of-distribution check; nothing from the file is kept
     return grey
 
 
-def _check_pixel_count(width: int, height: int, name: str, max_pixels: int) -> None:
-    if width * height > max_pixels:
-        raise ImageReadError(
-            f"`{name}` is {width}x{height} = {width * height:,} pixels, more than the limit of {max_pixels:,}."
-        )
-    if width < 1 or height < 1:
-        raise ImageReadError(f"`{name}` has no pixels.")
-
-
-def _refuse_multi_frame(frame_count: int, name: str) -> None:
-    if frame_count > 1:
-        raise ImageReadError(
-            f"`{name}` has {frame_count} frames (animation or stack); upload a single still radiograph."
-        )
+def _upright(image: Image.Image) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if image.getexif().get(ORIENTATION_TAG, 1) != 1:
+                return ImageOps.exif_transpose(image)
+        except Exception:  # noqa: BLE001 - a damaged EXIF block costs only the orientation
+            pass
+    return image
 
 
 def _to_grey(image: Image.Image) -> Image.Image:
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent areas become black, like the unexposed border of a film.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, rgba)
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return _array_to_grey(np.asarray(image, dtype=np.float64))
+    if image.mode == "PA" or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+    if "A" in image.getbands():
+        # Transparent areas become black, like the unexposed border of a film (compositing over black).
+        return ImageChops.multiply(image.convert("L"), image.getchannel("A"))
+    if image.mode in _NUMERIC_MODES:
+        return stretch_to_grey(np.asarray(image))
     return image if image.mode == "L" else image.convert("L")
-
-
-def _array_to_grey(pixels: np.ndarray) -> Image.Image:
-    """Stretch any numeric range (16-bit PNG, DICOM) to 0-255."""
-    pixels = np.nan_to_num(pixels.astype(np.float64))
-    low, high = float(pixels.min()), float(pixels.max())
-    scaled = np.zeros_like(pixels) if high <= low else (pixels - low) * (255.0 / (high - low))
-    return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
-
-
-def _read_dicom(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    try:
-        dataset = pydicom.dcmread(io.BytesIO(data), force=True)
-    except Exception:
-        raise ImageReadError(f"`{name}` is not a readable DICOM file.") from None
-    if "PixelData" not in dataset:
-        raise ImageReadError(f"`{name}` is a DICOM file without an image (no pixel data).")
-    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
-    _check_pixel_count(columns, rows, name, max_pixels)
-    _refuse_multi_frame(int(dataset.get("NumberOfFrames", 1) or 1), name)
-    try:
-        pixels = dataset.pixel_array
-        photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-        if photometric.startswith("MONOCHROME"):
-            pixels = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset)
-        elif pixels.ndim == 3:
-            pixels = pixels.astype(np.float64).mean(axis=-1)
-    except Exception:
-        raise ImageReadError(
-            f"`{name}`: the DICOM pixel data cannot be decoded (unsupported compression or damaged file)."
-        ) from None
-    grey = _array_to_grey(np.asarray(pixels))
-    return ImageOps.invert(grey) if photometric == "MONOCHROME1" else grey

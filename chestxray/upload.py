@@ -1,0 +1,125 @@
+"""What every reader of an upload shares: the error it raises, the limits it enforces before decoding,
+how a file is named in messages, and the one way numeric pixels become the 8-bit grey the model sees.
+
+The image readers (`chestxray.imaging` for PNG, JPEG, TIFF, BMP, WebP; `chestxray.dicom`) sit on top of this.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+class ImageReadError(ValueError):
+    """An upload that cannot be used as a chest X-ray, with a message meant for the person who sent it."""
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What one upload may cost before it is refused: room for any radiograph, and at most ~1 GB of memory and
+    ~2 s of CPU on a 2-core Space for the worst file that passes (measured by `python tests/test_hostile_files.py`)."""
+
+    max_pixels: int = 30_000_000  # a 43x43 cm detector at 100 µm is ~18.5 MP
+    max_bytes_per_pixel: int = 3  # 30 MP of 8-bit RGB or 16-bit grey; RGBA or 32-bit pixels get 3/4 of that
+    max_file_bytes: int = 128 * 2**20  # the whole file, before anything is parsed
+    min_side_pixels: int = 32  # a chest film smaller than this cannot be read by anyone
+    max_aspect_ratio: float = 4.0  # long side over short side; a chest film is about 1.2
+    max_dicom_header_reads: int = 50_000  # pydicom reads an element in 1-3 reads (~3 µs each); real headers have 100s
+    dicom_header_bytes: int = 16 * 2**20  # allowed besides the pixels in a deflated DICOM, once inflated
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return self.max_pixels * self.max_bytes_per_pixel
+
+
+SUPPORTED_FORMATS = "PNG, JPEG, TIFF, BMP, WebP or DICOM"
+_UNSAFE_CHARACTERS = {"Cc", "Cf", "Co", "Cs", "Zl", "Zp"}  # control, format (bidi overrides), private, line breaks
+_MAX_NAME_LENGTH = 120
+_CHUNK_PIXELS = 1 << 20  # pixels converted at a time: temporaries stay at a few MB whatever the image size
+
+
+def display_name(name: str) -> str:
+    """A file name that is safe to show in a message, a table row or a CSV cell: control characters and Unicode
+    direction overrides become U+FFFD, the backticks that quote names in messages become quotes, and a very long
+    name is shortened in the middle."""
+    cleaned = "".join("\ufffd" if unicodedata.category(c) in _UNSAFE_CHARACTERS else c for c in str(name))
+    cleaned = cleaned.replace("`", "'").strip() or "upload"
+    if len(cleaned) > _MAX_NAME_LENGTH:
+        keep = (_MAX_NAME_LENGTH - 1) // 2
+        cleaned = f"{cleaned[:keep]}…{cleaned[-keep:]}"
+    return cleaned
+
+
+def check_geometry(width: int, height: int, name: str, limits: ReadLimits) -> None:
+    """Refuse, from the header alone, what is empty, too big, too small or too narrow to be a chest radiograph."""
+    if width < 1 or height < 1:
+        raise ImageReadError(f"`{name}` has no pixels.")
+    if width * height > limits.max_pixels:
+        raise ImageReadError(
+            f"`{name}` is {width}x{height} = {width * height:,} pixels, more than the limit of {limits.max_pixels:,}."
+        )
+    if min(width, height) < limits.min_side_pixels or max(width, height) > limits.max_aspect_ratio * min(width, height):
+        raise ImageReadError(
+            f"`{name}` is {width}x{height} pixels: too small or too narrow to be a chest X-ray (each side needs at "
+            f"least {limits.min_side_pixels} pixels, and the long side at most {limits.max_aspect_ratio:g} times the short one)."
+        )
+
+
+def check_decoded_bytes(width: int, height: int, bytes_per_pixel: float, name: str, limits: ReadLimits) -> None:
+    """Deep pixels cost more memory: refuse, before decoding, an image whose decoded pixels would not fit the budget."""
+    decoded = int(width * height * bytes_per_pixel)
+    if decoded > limits.max_decoded_bytes:
+        raise ImageReadError(
+            f"`{name}` would take {decoded:,} bytes once decoded ({width}x{height} at {bytes_per_pixel:g} bytes a pixel), "
+            f"more than the limit of {limits.max_decoded_bytes:,}."
+        )
+
+
+def stretch_to_grey(pixels: np.ndarray) -> Image.Image:
+    """Any numeric grey array (16-bit PNG or TIFF, 32-bit, float) stretched from its own minimum and maximum to
+    0-255, a chunk at a time: no full-size float copy is ever made. NaN becomes the minimum, infinities the ends."""
+    flat = np.ascontiguousarray(pixels).reshape(-1)
+    low, high = _finite_range(flat)
+    scale = 255.0 / (high - low) if high > low else 0.0
+    grey = np.empty(flat.shape, dtype=np.uint8)
+    for start in range(0, flat.size, _CHUNK_PIXELS):
+        chunk = flat[start : start + _CHUNK_PIXELS].astype(np.float64)
+        chunk = np.nan_to_num(chunk, nan=low, posinf=high, neginf=low)
+        grey[start : start + _CHUNK_PIXELS] = np.rint((chunk - low) * scale)
+    return Image.fromarray(grey.reshape(pixels.shape[:2]))
+
+
+def apply_lut(indices: np.ndarray, lut: np.ndarray) -> Image.Image:
+    """`lut[indices]` as an 8-bit grey image, a chunk at a time (numpy would make a full-size int64 index copy)."""
+    flat = np.ascontiguousarray(indices).reshape(-1)
+    grey = np.empty(flat.shape, dtype=np.uint8)
+    for start in range(0, flat.size, _CHUNK_PIXELS):
+        grey[start : start + _CHUNK_PIXELS] = lut[flat[start : start + _CHUNK_PIXELS]]
+    return Image.fromarray(grey.reshape(indices.shape[:2]))
+
+
+def _finite_range(flat: np.ndarray) -> tuple[float, float]:
+    if flat.size == 0:
+        return 0.0, 0.0
+    if not np.issubdtype(flat.dtype, np.floating):
+        return float(flat.min()), float(flat.max())
+    low, high = np.inf, -np.inf
+    for start in range(0, flat.size, _CHUNK_PIXELS):
+        chunk = flat[start : start + _CHUNK_PIXELS]
+        finite = chunk[np.isfinite(chunk)]
+        if finite.size:
+            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+    return (low, high) if low <= high else (0.0, 0.0)
+
+
+def colour_thumbnail(image: Image.Image) -> Image.Image:
+    """A small copy to judge colour on: a full-size RGB copy of a 30 MP upload would cost 120 MB."""
+    factor = max(1, min(image.size) // 256)
+    if factor == 1:
+        return image
+    if image.mode in ("P", "PA"):  # palette indices cannot be averaged
+        return image.resize((image.width // factor, image.height // factor), Image.Resampling.NEAREST)
+    return image.reduce(factor)
