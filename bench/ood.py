@@ -1,122 +1,107 @@
-"""How often the "does not look like a frontal chest X-ray" warning fires, on real X-rays and on things that are not.
+"""How the gate (chestxray.ood) treats real and generated images, and what it costs per image.
 
-    python bench/ood.py [--model model] [--xrays ../shared/data/chest_xray/train] [--per_kind 50]
+    python bench/ood.py [--model model] [--data ../shared/data] [--per_kind 50] [--timing_runs 300]
 
-Real X-rays: every image in --xrays (the rate must be ~0). Non-X-rays are generated, seeded: blank
-images, noise, colour photo-like scenes, text documents, UI screenshots, grey shapes; plus transformed
-X-rays (inverted, rotated 90°) reported separately, as they are radiographs in a wrong presentation.
+- the held-out part of each development folder (listed in the model's `ood_gate_splits.json`, never fitted on):
+  lateral chest views, CT slices, hands, knees must get no decision; adult films the population warning;
+- the model's paediatric validation split (`splits/validation.csv`), as is and under each acquisition shift of
+  `train.shifts`: every flag there is a false alarm;
+- generated inputs (seeded): blank, noise, colour photos, documents, screenshots, grey shapes; validation films
+  turned sideways or upside down, inverted, or cropped to a detail;
+- the cost: the gate's own work per image (descriptor of the image + the gate's arithmetic), batch 1, on a
+  2000x1600 JPEG upload and on a 224-px training film, median over --timing_runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageOps
+import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from chestxray import PneumoniaClassifier, read_image  # noqa: E402
-from chestxray.batch import expand_paths  # noqa: E402
+from chestxray.ood import image_descriptor, judge_images  # noqa: E402
+from train.gate import FILM_TRANSFORMS, SPLITS_FILE, SYNTHETIC_NOT_XRAYS, as_upload, rates  # noqa: E402
+from train.shifts import SHIFTS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def blank(rng):
-    return Image.new("L", (512, 512), int(rng.integers(0, 256)))
+def outcomes(classifier: PneumoniaClassifier, images: list[Image.Image]) -> list:
+    return [p for start in range(0, len(images), 32) for p in classifier.predict(images[start : start + 32])]
 
 
-def noise(rng):
-    return Image.fromarray(rng.integers(0, 256, (384, 384), dtype=np.uint8))
+def row(name: str, predictions: list) -> str:
+    r = rates(predictions)
+    reasons = ", ".join(f"{code} {count}" for code, count in r["reasons"].items())
+    return f"| {name} | {r['images']} | {r['flagged']:.1%} | {r['not_frontal_chest']:.1%} | {r['outside_population']:.1%} | {reasons} |"
 
 
-def photo(rng):
-    """A colour scene: sky gradient, ground, a few coloured blobs, blurred."""
-    h, w = 360, 480
-    sky = np.linspace(rng.uniform(120, 220), rng.uniform(30, 120), h)[:, None, None] * np.array(rng.uniform(0.3, 1.0, 3))
-    image = Image.fromarray(np.broadcast_to(sky, (h, w, 3)).clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle([0, int(h * rng.uniform(0.5, 0.8)), w, h], fill=tuple(int(c) for c in rng.integers(0, 200, 3)))
-    for _ in range(6):
-        x, y, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(10, 80)
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
-    return image.filter(ImageFilter.GaussianBlur(2))
+def gate_cost_ms(classifier: PneumoniaClassifier, image: Image.Image, runs: int) -> float:
+    """Median milliseconds of the gate's own work on one image (the network's features are computed anyway)."""
+    features = classifier.logits([image], with_features=True)[1].double().numpy()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        descriptor = image_descriptor(image)[None]
+        judge_images([image], descriptor, features, classifier.gate, classifier.ood_reference)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
 
 
-def document(rng):
-    page = Image.new("L", (850, 1100), 250)
-    draw = ImageDraw.Draw(page)
-    y = 80
-    while y < 1000:
-        words = " ".join("".join(chr(97 + int(c)) for c in rng.integers(0, 26, rng.integers(2, 9))) for _ in range(12))
-        draw.text((70, y), words, fill=20)
-        y += int(rng.integers(18, 30))
-    return page
-
-
-def screenshot(rng):
-    image = Image.new("RGB", (1280, 800), (245, 246, 248))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle([0, 0, 1280, 60], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
-    for _ in range(8):
-        x, y = rng.integers(20, 1100), rng.integers(80, 700)
-        draw.rectangle([x, y, x + rng.integers(60, 300), y + rng.integers(30, 120)], outline=(180, 180, 190), fill=(255, 255, 255))
-        draw.text((x + 8, y + 8), "Button", fill=(30, 30, 30))
-    return image
-
-
-def grey_shapes(rng):
-    image = Image.new("L", (400, 400), int(rng.integers(0, 120)))
-    draw = ImageDraw.Draw(image)
-    for _ in range(10):
-        x, y, r = rng.uniform(0, 400), rng.uniform(0, 400), rng.uniform(10, 90)
-        draw.rectangle([x - r, y - r, x + r, y + r], fill=int(rng.integers(0, 256)))
-    return image
-
-
-NOT_XRAYS = {"blank": blank, "noise": noise, "colour photo": photo, "document": document,
-             "screenshot": screenshot, "grey shapes": grey_shapes}
-
-
-def flag_rate(classifier: PneumoniaClassifier, images: list[Image.Image]) -> float:
-    predictions = [p for start in range(0, len(images), 32) for p in classifier.predict(images[start : start + 32])]
-    return float(np.mean([p.warning is not None for p in predictions]))
-
-
-def as_upload(image: Image.Image) -> Image.Image:
-    """Through PNG bytes and the real reader, as an upload would arrive."""
-    import io
-
+def big_upload(film: Image.Image) -> Image.Image:
+    """A training film blown up to a 2000x1600 JPEG and read back as the app reads uploads."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return read_image(buffer.getvalue(), name="generated.png")
+    film.resize((2000, 1600), Image.Resampling.BICUBIC).save(buffer, format="JPEG", quality=90)
+    return read_image(buffer.getvalue(), name="big.jpeg", min_side=2 * 192)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(Path(__file__).resolve().parent.parent / "model"))
-    parser.add_argument("--xrays", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray" / "train"))
+    parser.add_argument("--model", default=str(ROOT / "model"))
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--per_kind", type=int, default=50)
+    parser.add_argument("--timing_runs", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    torch.set_num_threads(2)
     classifier = PneumoniaClassifier.from_pretrained(args.model)
-    rng = np.random.default_rng(args.seed)
+    model, data = Path(args.model), Path(args.data)
+    print(f"model {args.model}: {'learned gate' if classifier.gate else 'no learned gate (feature reference and rules)'}\n")
+    print("| input | images | flagged | no decision | population warning | reasons |\n|---|---|---|---|---|---|")
     started = time.perf_counter()
-    rows = []
-    files = expand_paths([args.xrays]) if Path(args.xrays).is_dir() else []
-    if files:
-        xrays = [read_image(f) for f in files]
-        rows.append(("real X-rays (should not fire)", len(xrays), flag_rate(classifier, xrays)))
-        picks = rng.choice(len(xrays), size=min(args.per_kind, len(xrays)), replace=False)
-        rows.append(("X-ray, inverted", len(picks), flag_rate(classifier, [ImageOps.invert(xrays[i]) for i in picks])))
-        rows.append(("X-ray, rotated 90°", len(picks), flag_rate(classifier, [xrays[i].rotate(90, expand=True) for i in picks])))
-    for kind, make in NOT_XRAYS.items():
-        images = [as_upload(make(rng)) for _ in range(args.per_kind)]
-        rows.append((f"{kind} (should fire)", len(images), flag_rate(classifier, images)))
-    print(f"| input | images | warning rate |\n|---|---|---|")
-    for name, count, rate in rows:
-        print(f"| {name} | {count} | {rate:.1%} |")
-    print(f"\n({time.perf_counter() - started:.0f} s, model {args.model})")
+    split_file = model / SPLITS_FILE
+    if split_file.is_file() and data.is_dir():
+        for kind, files in json.loads(split_file.read_text())["held_out"].items():
+            print(row(f"held out: {kind}", outcomes(classifier, [classifier.read(data / f) for f in files])), flush=True)
+    validation = []
+    validation_file = model / "splits" / "validation.csv"
+    if validation_file.is_file() and (data / "chest_xray" / "train").is_dir():
+        rows = [line.split(",") for line in validation_file.read_text().splitlines()[1:]]
+        validation = [classifier.read(data / "chest_xray" / "train" / label / name) for name, label in rows]
+        for name, shift in SHIFTS.items():
+            label = "paediatric validation" + ("" if name == "none" else f", {name}")
+            print(row(label, outcomes(classifier, [shift(image) for image in validation])), flush=True)
+    rng = np.random.default_rng(args.seed)
+    for kind, (make, _) in SYNTHETIC_NOT_XRAYS.items():
+        print(row(f"generated: {kind}", outcomes(classifier, [as_upload(make(rng)) for _ in range(args.per_kind)])), flush=True)
+    if validation:
+        picks = rng.choice(len(validation), size=min(args.per_kind, len(validation)), replace=False)
+        for kind, transform in FILM_TRANSFORMS.items():
+            print(row(f"validation film: {kind}", outcomes(classifier, [transform(validation[i], rng) for i in picks])), flush=True)
+    print(f"\n({time.perf_counter() - started:.0f} s)")
+    film = validation[0] if validation else as_upload(SYNTHETIC_NOT_XRAYS["grey_shapes"][0](rng))
+    for name, image in (("2000x1600 JPEG upload", big_upload(film)), (f"{film.width}x{film.height} film", film)):
+        print(f"gate cost per image, {name} (read at {image.width}x{image.height}): "
+              f"{gate_cost_ms(classifier, image, args.timing_runs):.2f} ms (median of {args.timing_runs}, batch 1)")
 
 
 if __name__ == "__main__":

@@ -46,14 +46,28 @@ def main(argv: list[str] | None = None) -> int:
     width = min(60, max(len(r.file) for r in results))
     print(f"{'file':<{width}}  {'P(pneumonia)':>12}  decision")
     for r in results:
-        outcome = f"{r.pneumonia_probability:>12.4f}  {r.decision}" if r.error is None else f"{'-':>12}  error: {r.error}"
-        print(f"{r.file[-width:]:<{width}}  {outcome}" + (f"  [{r.warning}]" if r.warning else ""))
+        print(f"{r.file[-width:]:<{width}}  {outcome_text(r)}")
     if args.csv:
         print(f"Wrote {write_csv(results, args.csv)}", file=sys.stderr)
+    refused = sum(r.error is None and r.decision is None for r in results)
+    cautioned = sum(r.decision is not None and r.message is not None for r in results)
+    if refused or cautioned:
+        print(f"{refused} of {len(results)} files got no decision (not a frontal chest X-ray); "
+              f"{cautioned} got a decision with a warning.", file=sys.stderr)
     failed = sum(r.error is not None for r in results)
     if failed:
         print(f"{failed} of {len(results)} files could not be read.", file=sys.stderr)
     return 1 if failed else 0
+
+
+def outcome_text(result) -> str:
+    """The probability and decision; none, with the gate's reason and sentence, when it refused the image."""
+    if result.error is not None:
+        return f"{'-':>12}  error: {result.error}"
+    if result.decision is None:
+        return f"{'-':>12}  no decision ({result.gate_reason}): {result.message}"
+    warning = f"  [warning ({result.gate_reason}): {result.message}]" if result.message else ""
+    return f"{result.pneumonia_probability:>12.4f}  {result.decision}{warning}"
 
 
 if __name__ == "__main__":

@@ -9,9 +9,13 @@ from typing import Callable, Iterable, Sequence
 
 from chestxray.classifier import PneumoniaClassifier
 from chestxray.imaging import ImageReadError
+from chestxray.upload import display_name
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom", ""}
-CSV_COLUMNS = ["file", "pneumonia_probability", "decision", "threshold", "warning", "error"]
+# `decision` and `pneumonia_probability` are empty when the gate refused the image (gate "not_frontal_chest");
+# `gate_reason` is its code and `message` its sentence (also the warning of "outside_population").
+CSV_COLUMNS = ["file", "pneumonia_probability", "decision", "threshold", "gate", "gate_reason", "message", "error"]
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet would run such a cell as a formula
 
 
 @dataclass
@@ -20,8 +24,15 @@ class FileResult:
     pneumonia_probability: float | None = None
     decision: str | None = None
     threshold: float | None = None
-    warning: str | None = None
+    gate: str | None = None
+    gate_reason: str | None = None
+    message: str | None = None
     error: str | None = None
+
+    @property
+    def warning(self) -> str | None:
+        """The gate's sentence (the name older callers use)."""
+        return self.message
 
 
 def expand_paths(inputs: Iterable[str | Path]) -> list[Path]:
@@ -38,13 +49,13 @@ def expand_paths(inputs: Iterable[str | Path]) -> list[Path]:
 
 def predict_files(classifier: PneumoniaClassifier, files: Sequence[tuple[str, str | Path]], batch_size: int = 16,
                   progress: Callable[[int], None] | None = None) -> list[FileResult]:
-    """`files` are (display name, path) pairs; results come back in the same order."""
+    """`files` are (display name, path) pairs; results come back in the same order, each named safely for display."""
     results: list[FileResult] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         images, readable = [], []
         for name, path in chunk:
-            result = FileResult(file=name)
+            result = FileResult(file=display_name(name))
             try:
                 images.append(classifier.read(path, name=name))
                 readable.append(result)
@@ -52,8 +63,10 @@ def predict_files(classifier: PneumoniaClassifier, files: Sequence[tuple[str, st
                 result.error = str(error)
             results.append(result)
         for result, prediction in zip(readable, classifier.predict(images, batch_size) if images else []):
-            result.pneumonia_probability = round(prediction.pneumonia_probability, 4)
-            result.decision, result.threshold, result.warning = prediction.decision, round(prediction.threshold, 4), prediction.warning
+            probability = prediction.pneumonia_probability
+            result.pneumonia_probability = None if probability is None else round(probability, 4)
+            result.decision, result.threshold = prediction.decision, round(prediction.threshold, 4)
+            result.gate, result.gate_reason, result.message = prediction.gate, prediction.gate_reason, prediction.message
         if progress:
             progress(len(chunk))
     return results
@@ -64,5 +77,10 @@ def write_csv(results: Sequence[FileResult], path: str | Path) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        writer.writerows(asdict(result) for result in results)
+        writer.writerows({key: _inert_cell(value) for key, value in asdict(result).items()} for result in results)
     return path
+
+
+def _inert_cell(value):
+    """A text cell that a spreadsheet would read as a formula gets a leading `'` (OWASP's CSV-injection advice)."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value

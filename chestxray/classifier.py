@@ -7,6 +7,7 @@ so the app, the CLI and the evaluation script all make exactly the same call on 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +19,22 @@ import torch
 from PIL import Image
 
 from chestxray.imaging import ImageSource, read_image
-from chestxray.ood import OodReference, ood_warning
+from chestxray.ood import (ANSWER, FRONTAL_CHEST, NOT_FRONTAL_CHEST, GateOutcome, OodGate, OodReference, gate_matches,
+                           image_descriptor, judge_images, probe_pixels)
 from chestxray.preprocess import Preprocessing
 from chestxray.runtime import ONNX_FILE, RUNTIMES, OnnxRuntimeNetwork, load_onnx_runtime
 
+logger = logging.getLogger(__name__)
+
 POSITIVE_LABEL = "PNEUMONIA"
 NEGATIVE_LABEL = "NORMAL"
-SUPPORTED_MODEL_TYPES = ("convnext", "vit")
+SUPPORTED_MODEL_TYPES = ("convnext", "vit", "efficientnet")
 # Only these files are fetched from the Hub: weights as safetensors, never pickles or code.
 # ONNX is a graph and tensors in protobuf: no code runs when it is loaded.
 HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "README.md", ONNX_FILE]
+# Set in config.json when the fitted temperature and bias were folded into the classifier head (for the record:
+# the head already outputs calibrated logits, and the config's own temperature and bias are then 1 and 0).
+FOLDED_CALIBRATION_KEY = "calibration_folded_into_head"
 
 
 class ModelLoadError(RuntimeError):
@@ -36,15 +43,31 @@ class ModelLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's outcome, in the terms a reader of the app or the CSV needs."""
+    """One image's outcome, in the terms a reader of the app or the CSV needs.
 
-    pneumonia_probability: float
-    decision: str
+    `gate` (chestxray.ood): "frontal_chest" (the decision as usual), "not_frontal_chest" (no decision: `decision`
+    and `pneumonia_probability` are None) or "outside_population" (the decision, with a warning). `gate_reason` is
+    a machine-readable code ("lateral_view", "other_body_part", "adult", ...) and `message` one plain sentence
+    for a person; both are None for a frontal chest X-ray like the training films.
+    """
+
+    pneumonia_probability: float | None
+    decision: str | None
     threshold: float
-    warning: str | None = None  # set when the input does not look like a frontal chest X-ray
+    gate: str = FRONTAL_CHEST
+    gate_reason: str | None = None
+    message: str | None = None
+
+    @property
+    def warning(self) -> str | None:
+        """The gate's sentence whenever it did not simply answer (the name older callers use)."""
+        return self.message
 
     @property
     def probabilities(self) -> dict[str, float]:
+        """Empty when the gate refused the image."""
+        if self.pneumonia_probability is None:
+            return {}
         return {POSITIVE_LABEL: self.pneumonia_probability, NEGATIVE_LABEL: 1.0 - self.pneumonia_probability}
 
 
@@ -91,6 +114,16 @@ class PneumoniaClassifier:
         folder = Path(source) if source and Path(source).is_dir() else None
         self.ood_reference = OodReference.load(folder) if folder else None
         self.onnx_network = onnx_network
+        self.gate = self._matching_gate(folder) if folder else None
+
+    def _matching_gate(self, folder: Path) -> OodGate | None:
+        """The folder's learned gate, if it was fitted on this network's features (else the reference stands in)."""
+        gate = OodGate.load(folder)
+        if gate is not None and not gate_matches(gate, self.logits_and_features(probe_pixels(self.image_size))[1].double().numpy()):
+            logger.warning("Ignoring the out-of-distribution gate of %s: it was fitted on another network's features "
+                           "(refit it with `python -m train.ood`).", folder)
+            return None
+        return gate
 
     @classmethod
     def from_pretrained(
@@ -171,19 +204,22 @@ class PneumoniaClassifier:
             return logits
         return logits, torch.cat([c[1] for c in chunks]) if chunks else torch.zeros(0, 0)
 
-    def decide(self, pneumonia_probability: float, warning: str | None = None) -> Prediction:
+    def decide(self, pneumonia_probability: float, outcome: GateOutcome = ANSWER) -> Prediction:
+        """The decision at the stored threshold, unless the gate refused the image (then none, and no probability)."""
+        if outcome.gate == NOT_FRONTAL_CHEST:
+            return Prediction(None, None, self.threshold, outcome.gate, outcome.reason, outcome.message)
         decision = POSITIVE_LABEL if pneumonia_probability >= self.threshold else NEGATIVE_LABEL
-        return Prediction(float(pneumonia_probability), decision, self.threshold, warning)
+        return Prediction(float(pneumonia_probability), decision, self.threshold, outcome.gate, outcome.reason, outcome.message)
 
     def predict(self, images: Sequence[Image.Image], batch_size: int = 16) -> list[Prediction]:
-        """Calibrated decisions with the out-of-distribution warning, from one forward pass per batch."""
+        """Calibrated decisions behind the gate (chestxray.ood), from one forward pass per batch."""
+        if not images:
+            return []
         logits, features = self.logits(images, batch_size, with_features=True)
         probabilities = self.calibrated_probabilities(logits)
-        distances = self.ood_reference.distances(features) if self.ood_reference is not None else [None] * len(images)
-        return [
-            self.decide(p, ood_warning(image, d, self.ood_reference))
-            for image, p, d in zip(images, probabilities, distances)
-        ]
+        descriptors = np.vstack([image_descriptor(image) for image in images])
+        outcomes = judge_images(images, descriptors, features.double().numpy(), self.gate, self.ood_reference)
+        return [self.decide(p, outcome) for p, outcome in zip(probabilities, outcomes)]
 
 
 def load_pytorch_model(folder: Path, name: str | Path):

@@ -1,7 +1,13 @@
-"""Fit the out-of-distribution reference stored next to the weights (`ood_reference.safetensors`).
+"""Fit what a model folder needs to know when not to answer.
 
-`python -m train.ood --model_dir DIR (--data_dir DIR | --dataset_name ID)` adds it to an existing model
-folder; `python -m train` fits it at the end of training on the same patient-level split.
+- `ood_reference.safetensors`: the Mahalanobis reference of the training films' pooled features (the fallback);
+- with `--ood_dir` (development folders `ood/<kind>/` and `adult_nih/`): the learned gate, `ood_gate.safetensors`
+  with `ood_gate.json` (thresholds, provenance, rates measured on the held-out parts) and `ood_gate_splits.json`
+  (what was held out), see `train.gate`.
+
+    python -m train.ood --model_dir model --data_dir ../shared/data/chest_xray --ood_dir ../shared/data
+
+adds them to an existing model folder; `python -m train` fits them at the end of training on the same split.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from sklearn.covariance import LedoitWolf
 from transformers import HfArgumentParser
 
 from chestxray.classifier import PneumoniaClassifier
-from chestxray.ood import REFERENCE_FILE, OodReference
+from chestxray.ood import GATE_FILE, REFERENCE_FILE, OodReference
+from train.gate import GateArguments, write_gate
 from train.report import dataset_logits
 
 # Set above every real radiograph: the check must stay silent on genuine X-rays.
@@ -58,17 +65,44 @@ def write_reference(classifier: PneumoniaClassifier, train_features: torch.Tenso
     return stats
 
 
+def dataset_films(dataset: Dataset, batch_size: int = 64):
+    """(patient, image) of every row, decoded a batch at a time with the app's reader."""
+    from train.data import image_name, load_image, patient_id
+
+    for start in range(0, len(dataset), batch_size):
+        for cell in dataset[start : start + batch_size]["image"]:
+            name = image_name(cell)
+            yield patient_id(name) or name, load_image(cell)
+
+
+def write_gate_for_splits(classifier: PneumoniaClassifier, model_dir: Path, train: Dataset, validation: Dataset | None,
+                          ood_dir: str | Path, args: GateArguments | None = None) -> dict:
+    """The learned gate from the model's own training split; false alarms measured on its validation split."""
+    validation_films = (lambda: (image for _, image in dataset_films(validation))) if validation is not None and len(validation) else None
+    return write_gate(classifier, Path(model_dir), lambda: dataset_films(train), len(train), Path(ood_dir),
+                      validation_films, args)
+
+
+def gate_summary(config: dict) -> str:
+    """One line for the log: flag rate per held-out kind, false alarms on validation."""
+    measured = config.get("measured", {})
+    return ", ".join(f"{kind} {m['flagged']:.1%} of {m['images']}" for kind, m in measured.items())
+
+
 @dataclass
 class OodArguments:
-    model_dir: str = field(metadata={"help": "Local model folder to add the reference to."})
+    model_dir: str = field(metadata={"help": "Local model folder to add the reference (and the gate) to."})
     data_dir: Optional[str] = field(default=None, metadata={"help": "Training image folder (train split used)."})
     dataset_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset id (train split used)."})
+    ood_dir: Optional[str] = field(default=None, metadata={
+        "help": "Development folders for the learned gate: ood/<kind>/ (not frontal chest X-rays) and adult_nih/ "
+                "(adult frontal films). Without it only the feature reference is fitted."})
 
 
 def main(argv: list[str] | None = None) -> int:
     from train.data import drop_unreadable, load_raw_dataset, split_membership
 
-    (args,) = HfArgumentParser(OodArguments).parse_args_into_dataclasses(args=argv)
+    args, gate_args = HfArgumentParser((OodArguments, GateArguments)).parse_args_into_dataclasses(args=argv)
     model_dir = Path(args.model_dir)
     classifier = PneumoniaClassifier.from_pretrained(model_dir)
     train, _ = drop_unreadable(load_raw_dataset(args.dataset_name, args.data_dir)["train"], "train")
@@ -81,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         train, held_out = split["train"], split["test"]
     stats = write_reference(classifier, dataset_features(classifier, train), dataset_features(classifier, held_out), model_dir)
     print(f"Wrote {model_dir / REFERENCE_FILE}: {json.dumps(stats)}")
+    if args.ood_dir:
+        config = write_gate_for_splits(classifier, model_dir, train, held_out, args.ood_dir, gate_args)
+        print(f"Wrote {model_dir / GATE_FILE}; flagged on held-out images: {gate_summary(config)}")
     return 0
 
 
