@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from transformers import TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
 
 
 @dataclass
@@ -38,27 +38,64 @@ class DataArguments:
     horizontal_flip: bool = field(
         default=False, metadata={"help": "Random left-right flips. Off by default: the heart sits on one side."}
     )
+    holdout_normal_batch: Optional[str] = field(
+        default=None,
+        metadata={"help": "`NORMAL2` or `IM`: hold that NORMAL batch out of training and validation entirely (with a matched "
+                  "share of PNEUMONIA patients) and report specificity on it at the stored threshold: a new-batch check."},
+    )
+    holdout_pneumonia_fraction: Optional[float] = field(
+        default=None,
+        metadata={"help": "Share of PNEUMONIA images held out with the batch; default: the held-out share of NORMAL images."},
+    )
+    ood_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Development images that are not frontal paediatric chest films (DIR/ood/<kind>/, DIR/adult_nih/): "
+                  "fits the learned out-of-distribution gate after training (as `python -m train.ood`). Unset: the "
+                  "feature-distance reference and the image rules only."},
+    )
+    margin_augmentation: float = field(
+        default=0.0,
+        metadata={"help": "Probability of randomising an image's margins (a crop into them, an added border, black or white "
+                  "bars, the edges' exposure): the border shortcut of issue 11. 0.5 in the distillation recipe."},
+    )
+    max_margin_fraction: float = field(
+        default=0.15, metadata={"help": "Largest share of each side the margin augmentation crops, pads or covers (times the strength)."}
+    )
 
     def __post_init__(self) -> None:
         if (self.dataset_name is None) == (self.data_dir is None):
             raise ValueError("Give exactly one of --dataset_name (Hub dataset) or --data_dir (image folder).")
         if not 0.0 < self.validation_fraction < 0.5:
             raise ValueError("--validation_fraction must be between 0 and 0.5.")
+        if self.holdout_normal_batch is not None:
+            self.holdout_normal_batch = self.holdout_normal_batch.upper()
+            if self.holdout_normal_batch not in ("IM", "NORMAL2"):
+                raise ValueError("--holdout_normal_batch must be NORMAL2 or IM (the two batches of Kermany's NORMAL images).")
+        if self.holdout_pneumonia_fraction is not None and not 0.0 < self.holdout_pneumonia_fraction < 1.0:
+            raise ValueError("--holdout_pneumonia_fraction must be between 0 and 1.")
+        if not 0.0 <= self.margin_augmentation <= 1.0:
+            raise ValueError("--margin_augmentation is a probability, between 0 and 1.")
 
 
 @dataclass
 class ModelArguments:
     model_name_or_path: Optional[str] = field(
         default=None,
-        metadata={"help": "Hub id or folder of a ViT or ConvNeXt image-classification checkpoint to fine-tune."},
+        metadata={"help": "Hub id or folder of a ViT, ConvNeXt or EfficientNet image-classification checkpoint to fine-tune "
+                  "(`python -m train.convert_efficientnet_lite` makes one from the ImageNet Lite0 weights)."},
     )
     model_revision: Optional[str] = field(default=None, metadata={"help": "Branch, tag or commit of the checkpoint."})
-    model_type: str = field(default="convnext", metadata={"help": "From scratch: `convnext` or `vit`."})
+    model_type: str = field(default="convnext", metadata={"help": "From scratch: `convnext`, `vit` or `efficientnet`."})
     model_size: str = field(
         default="atto",
-        metadata={"help": "From scratch: convnext atto|femto|pico|nano|tiny, vit tiny|small|base."},
+        metadata={"help": "From scratch: convnext atto|femto|pico|nano|tiny, vit tiny|small|base, efficientnet lite0."},
     )
     image_size: int = field(default=224, metadata={"help": "Square input side; images are squashed to it."})
+    checkpoint_image_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Fine-tune a convolutional checkpoint (ConvNeXt, EfficientNet) at this input side instead of its "
+                  "own (e.g. 192 to match a student, 64 for quick tests); EfficientNet wants a multiple of 32."},
+    )
     drop_path_rate: float = field(default=0.1, metadata={"help": "Stochastic depth (from scratch)."})
     config_overrides: Optional[str] = field(
         default=None, metadata={"help": "From scratch: JSON (`{\"depths\": [2, 2, 6, 2]}`) or `key=value,...` applied to the config."}
@@ -76,9 +113,24 @@ class ModelArguments:
     export_onnx: bool = field(
         default=True, metadata={"help": "Also write onnx/model.onnx, which the app runs on ONNX Runtime (~2x faster on CPU)."}
     )
+    post_training_checks: bool = field(
+        default=True,
+        metadata={"help": "After training: the ONNX export, the out-of-distribution reference and the acquisition-shift "
+                  "report (minutes on a CPU). `false` for smoke runs: the folder still serves, on PyTorch, with the image checks only."},
+    )
+    teacher_model_name_or_path: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Knowledge distillation: one or more model folders written by `python -m train` (space- or "
+                  "comma-separated; a list in a JSON config). Their logits, averaged, teach the student."},
+    )
+    distillation_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the distillation term."})
+    distillation_weight: float = field(
+        default=0.5, metadata={"help": "Share of the distillation term in the loss; the rest is the class-weighted CE."}
+    )
     early_stopping_patience: int = field(default=5, metadata={"help": "Epochs without validation AUC gain before stopping; 0 disables."})
-    hub_dataset_card_id: str = field(
-        default="hf-vision/chest-xray-pneumonia", metadata={"help": "Dataset id named in the card's metadata when training from --data_dir (a local copy of it)."}
+    hub_dataset_card_id: Optional[str] = field(
+        default=None, metadata={"help": "When --data_dir is a local copy of a Hub dataset, its id, named in the card's metadata "
+                                "(e.g. hf-vision/chest-xray-pneumonia). Unset: the card names no Hub dataset."}
     )
 
     def __post_init__(self) -> None:
@@ -86,6 +138,8 @@ class ModelArguments:
             raise ValueError("--class_weighting must be `balanced` or `none`.")
         if self.threshold_strategy not in ("youden_at_min_sensitivity", "youden", "fixed"):
             raise ValueError("--threshold_strategy must be youden_at_min_sensitivity, youden or fixed.")
+        if not 0.0 <= self.distillation_weight <= 1.0 or self.distillation_temperature <= 0:
+            raise ValueError("--distillation_weight must be between 0 and 1 and --distillation_temperature positive.")
 
 
 @dataclass
@@ -95,7 +149,9 @@ class XRayTrainingArguments(TrainingArguments):
     output_dir: str = field(default="outputs/pneumonia-model", metadata={"help": "The model folder (= the Hub repo)."})
     eval_strategy: str = field(default="epoch", metadata={"help": "Evaluate every epoch."})
     save_strategy: str = field(default="epoch", metadata={"help": "Checkpoint every epoch."})
-    logging_strategy: str = field(default="epoch", metadata={"help": "Log every epoch."})
+    logging_strategy: str = field(default="steps", metadata={"help": "Log the training loss every `logging_steps`."})
+    logging_steps: float = field(
+        default=0.02, metadata={"help": "Steps between loss logs; below 1, a fraction of the run (0.02: ~50 points on the curve)."})
     load_best_model_at_end: bool = field(default=True, metadata={"help": "Keep the best validation checkpoint."})
     metric_for_best_model: str = field(default="roc_auc", metadata={"help": "Validation metric that picks the checkpoint."})
     greater_is_better: bool = field(default=True, metadata={"help": "Higher roc_auc is better."})
@@ -107,3 +163,24 @@ class XRayTrainingArguments(TrainingArguments):
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
+    auto_mixed_precision: bool = field(
+        default=True,
+        metadata={"help": "On a CUDA GPU with bfloat16, train in bf16 autocast with TF32 matmuls; on a CPU nothing changes, "
+                  "so one command runs on both. `false` keeps float32 everywhere."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.auto_mixed_precision and not self.use_cpu and not self.fp16:
+            import torch
+
+            if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+                self.bf16 = True
+                self.tf32 = True if self.tf32 is None else self.tf32
+        super().__post_init__()
+
+
+def argument_parser() -> HfArgumentParser:
+    """The parser of `python -m train`; importing it costs no Trainer, datasets or plotting imports (fast `--help`)."""
+    return HfArgumentParser((ModelArguments, DataArguments, XRayTrainingArguments), prog="python -m train",
+                            description="Train or fine-tune a NORMAL/PNEUMONIA classifier and write a Hub-ready model folder. "
+                            "Arguments may also come from one JSON file: python -m train configs/default_model.json")

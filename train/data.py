@@ -25,6 +25,11 @@ LABEL_NAMES = [NEGATIVE_LABEL, POSITIVE_LABEL]
 ID2LABEL = dict(enumerate(LABEL_NAMES))
 LABEL2ID = {name: index for index, name in ID2LABEL.items()}
 
+# Kermany's training NORMALs came in two batches, `IM-...` (597 images) and `NORMAL2-IM-...` (744): holding
+# one out entirely is the nearest thing here to a new batch from another machine or site.
+NORMAL_BATCH_PATTERNS = {"NORMAL2": re.compile(r"^NORMAL2-IM-", re.IGNORECASE), "IM": re.compile(r"^IM-", re.IGNORECASE)}
+BATCH_HOLDOUT_SPLIT = "batch_holdout"
+
 _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+", re.IGNORECASE),
     re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+", re.IGNORECASE),
@@ -148,6 +153,52 @@ def _merge_duplicates(dataset: Dataset, groups: list[str]) -> list[str]:
     return [find(group) for group in groups]
 
 
+def normal_batch(file_name: str) -> str | None:
+    """`NORMAL2-IM-0123-0001.jpeg` -> `NORMAL2`; `IM-0115-0001.jpeg` -> `IM`; other names -> None."""
+    return next((batch for batch, pattern in NORMAL_BATCH_PATTERNS.items() if pattern.match(file_name)), None)
+
+
+def hold_out_normal_batch(dataset: Dataset, batch: str, pneumonia_fraction: float | None, seed: int) -> tuple[Dataset, Dataset]:
+    """(the rest, the hold-out): every NORMAL patient of `batch`, and PNEUMONIA patients drawn at random (seeded)
+    until they make `pneumonia_fraction` of the PNEUMONIA images, by default the share of NORMAL images held
+    out, so that the training classes keep their balance. Whole patient groups move, never single images."""
+    groups, _ = group_ids(dataset)
+    labels = np.asarray(dataset["label"])
+    names = [image_name(image) for image in dataset["image"]]
+    in_batch = np.array([label == 0 and normal_batch(name) == batch for label, name in zip(labels, names)])
+    if not in_batch.any():
+        raise ValueError(f"--holdout_normal_batch {batch}: no NORMAL image is named like that batch "
+                         f"({NORMAL_BATCH_PATTERNS[batch].pattern[1:]}...).")
+    held = {group for group, inside in zip(groups, in_batch) if inside}
+    share = in_batch.sum() / max(1, (labels == 0).sum()) if pneumonia_fraction is None else pneumonia_fraction
+    images_of: dict[str, int] = {}
+    for group, label in zip(groups, labels):
+        if label == 1 and group not in held:
+            images_of[group] = images_of.get(group, 0) + 1
+    candidates = sorted(images_of)
+    np.random.default_rng(seed).shuffle(candidates)
+    target, taken = share * (labels == 1).sum(), 0
+    for group in candidates:
+        if taken >= target:
+            break
+        held.add(group)
+        taken += images_of[group]
+    inside = [group in held for group in groups]
+    return (dataset.select([i for i, x in enumerate(inside) if not x]), dataset.select([i for i, x in enumerate(inside) if x]))
+
+
+def batch_holdout_description(batch: str) -> str:
+    return (f"every NORMAL patient of the `{NORMAL_BATCH_PATTERNS[batch].pattern[1:]}` batch and a matched share of PNEUMONIA "
+            "patients, held out of training and validation (a new-batch check)")
+
+
+def batch_holdout_summary(metrics: dict, batch: str) -> dict:
+    """The training summary's entry: how the stored threshold does on a batch the model never saw."""
+    return {"normal_batch": batch, "normal": metrics["normal_count"], "pneumonia": metrics["pneumonia_count"],
+            "threshold": metrics["threshold"], "specificity": metrics["specificity"], "sensitivity": metrics["sensitivity"],
+            "roc_auc": metrics["roc_auc"]}
+
+
 def carve_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset, bool]:
     """Stratified by label, grouped by patient, seeded: (train, validation, whether grouping was possible)."""
     groups, grouped = group_ids(dataset)
@@ -164,6 +215,10 @@ def prepare_splits(raw: DatasetDict, data_args, seed: int) -> PreparedData:
         raise ValueError(f"No `{data_args.train_split_name}` split; found {list(raw)}.")
     skipped: dict[str, list[str]] = {}
     train, skipped["train"] = drop_unreadable(raw[data_args.train_split_name], "train")
+    holdout = None
+    if getattr(data_args, "holdout_normal_batch", None):
+        train, holdout = hold_out_normal_batch(train, data_args.holdout_normal_batch,
+                                               getattr(data_args, "holdout_pneumonia_fraction", None), seed)
     if data_args.max_train_samples:
         train = train.shuffle(seed=seed).select(range(min(data_args.max_train_samples, len(train))))
     grouped = True
@@ -174,6 +229,8 @@ def prepare_splits(raw: DatasetDict, data_args, seed: int) -> PreparedData:
             logger.info("Ignoring the dataset's own %d-image validation split: too small to select on.", len(raw["validation"]))
         train, validation, grouped = carve_validation(train, data_args.validation_fraction, seed)
     splits = {"train": train, "validation": validation}
+    if holdout is not None:
+        splits[BATCH_HOLDOUT_SPLIT] = holdout
     if data_args.test_split_name in raw:
         splits["test"], skipped["test"] = drop_unreadable(raw[data_args.test_split_name], "test")
     return PreparedData(DatasetDict(splits), {k: v for k, v in skipped.items() if v}, grouped)

@@ -10,6 +10,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
     ConvNextConfig,
+    EfficientNetConfig,
     PretrainedConfig,
     ViTConfig,
     ViTImageProcessorPil,
@@ -31,6 +32,21 @@ VIT_SIZES = {
     "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
 }
+# EfficientNet-Lite (Tan & Le 2019, the TF "lite" builder): B0's block layout without squeeze-and-excitation,
+# with ReLU6. Per stage: (repeats, kernel, stride, expand ratio, in channels, out channels).
+EFFICIENTNET_LITE0_STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+EFFICIENTNET_SIZES = {"lite0": EFFICIENTNET_LITE0_STAGES}
+# PyTorch's batch-norm momentum is 1 - TensorFlow's; transformers' EfficientNet default (0.99) is TensorFlow's
+# number and would replace the running statistics with every batch's while training.
+EFFICIENTNET_BN_MOMENTUM = 0.01
 # Grey radiographs are far from ImageNet statistics; centring on mid-grey keeps inputs near zero.
 XRAY_MEAN = [0.5, 0.5, 0.5]
 XRAY_STD = [0.25, 0.25, 0.25]
@@ -64,7 +80,24 @@ def scratch_config(model_type: str, size: str, image_size: int, drop_path_rate: 
         if size not in VIT_SIZES:
             raise ValueError(f"ViT size must be one of {list(VIT_SIZES)}, not `{size}`.")
         return ViTConfig(image_size=image_size, patch_size=16, **VIT_SIZES[size])
+    if model_type == "efficientnet":
+        if size not in EFFICIENTNET_SIZES:
+            raise ValueError(f"EfficientNet size must be one of {list(EFFICIENTNET_SIZES)}, not `{size}`.")
+        return efficientnet_lite_config(image_size, drop_path_rate, EFFICIENTNET_SIZES[size])
     raise ValueError(f"--model_type must be one of {SUPPORTED_MODEL_TYPES}, not `{model_type}`.")
+
+
+def efficientnet_lite_config(image_size: int, drop_connect_rate: float = 0.2,
+                             stages: list[tuple] = EFFICIENTNET_LITE0_STAGES) -> EfficientNetConfig:
+    """transformers' EfficientNet as Lite: ReLU6, width and depth 1.0, 1280 head channels, dropout 0.2. Its
+    squeeze-and-excitation layers stay in the graph: a converted Lite checkpoint opens every gate
+    (`train.convert_efficientnet_lite`)."""
+    return EfficientNetConfig(
+        image_size=image_size, width_coefficient=1.0, depth_coefficient=1.0, hidden_dim=1280, hidden_act="relu6",
+        num_block_repeats=[s[0] for s in stages], kernel_sizes=[s[1] for s in stages], strides=[s[2] for s in stages],
+        expand_ratios=[s[3] for s in stages], in_channels=[s[4] for s in stages], out_channels=[s[5] for s in stages],
+        dropout_rate=0.2, drop_connect_rate=drop_connect_rate, batch_norm_momentum=EFFICIENTNET_BN_MOMENTUM,
+        batch_norm_eps=1e-3)
 
 
 def apply_overrides(config: PretrainedConfig, overrides: str) -> None:
@@ -89,11 +122,18 @@ def _from_checkpoint(model_args, labels: dict) -> BuiltModel:
     config = AutoConfig.from_pretrained(source, revision=model_args.model_revision)
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"`{source}` is a {config.model_type} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)}.")
-    model = AutoModelForImageClassification.from_pretrained(
-        source, revision=model_args.model_revision, use_safetensors=True, ignore_mismatched_sizes=True, **labels
-    )
     original = AutoImageProcessor.from_pretrained(source, revision=model_args.model_revision, backend="pil")
     size = original.size.get("height") or original.size.get("shortest_edge") or model_args.image_size
+    overrides = dict(labels)
+    if model_args.checkpoint_image_size:
+        if config.model_type == "vit":
+            raise ValueError("--checkpoint_image_size works for convolutional checkpoints (ConvNeXt, EfficientNet), not ViT.")
+        size = overrides["image_size"] = model_args.checkpoint_image_size
+    if config.model_type == "efficientnet" and config.batch_norm_momentum > 0.5:  # a TensorFlow-style number
+        overrides["batch_norm_momentum"] = EFFICIENTNET_BN_MOMENTUM
+    model = AutoModelForImageClassification.from_pretrained(
+        source, revision=model_args.model_revision, use_safetensors=True, ignore_mismatched_sizes=True, **overrides
+    )
     # Keep the checkpoint's normalisation but squash instead of crop: the lungs fill the frame.
     processor = squash_processor(int(size), list(original.image_mean), list(original.image_std))
     return BuiltModel(model, processor, source)

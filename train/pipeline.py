@@ -17,22 +17,25 @@ import torch
 import torch.nn.functional as F
 import transformers
 from PIL import Image
-from transformers import EarlyStoppingCallback, HfArgumentParser, Trainer, set_seed
+from transformers import EarlyStoppingCallback, Trainer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from chestxray.classifier import PneumoniaClassifier
 from chestxray.imaging import to_model_input
 from chestxray.runtime import ONNX_FILE
-from train.arguments import DataArguments, ModelArguments, XRayTrainingArguments
+from train.arguments import DataArguments, ModelArguments, XRayTrainingArguments, argument_parser
 from train.augment import XRayAugmentation
-from train.calibrate import select_operating_point
+from train.calibrate import folded_logits, select_operating_point
 from train.calibration import positive_probabilities
 from train.card import SUMMARY_FILE, render_card
+from train.distill import Teachers, build_trainer, load_teachers, teacher_paths, teacher_pixel_values
+from train.distill import describe as describe_distillation
+from train.data import BATCH_HOLDOUT_SPLIT, batch_holdout_description, batch_holdout_summary
 from train.data import LABEL_NAMES, PreparedData, load_image, load_raw_dataset, prepare_splits, write_split_lists
 from train.export_onnx import export_onnx
 from train.figures import training_curves
 from train.modeling import build_model
-from train.ood import dataset_features, write_reference
+from train.ood import dataset_features, gate_summary, write_gate_for_splits, write_reference
 from train.push import PushError, hub_token, push_model_folder
 from train.report import dataset_logits, evaluate_split, load_metric
 from train.shifts import shift_report, write_shift_report
@@ -41,15 +44,29 @@ logger = logging.getLogger("train")
 
 
 def parse_arguments(argv: list[str] | None = None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, XRayTrainingArguments))
+    """Flags, or one JSON file of them (`python -m train configs/x.json`), which later flags override."""
+    parser = argument_parser()
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=str(Path(argv[0]).resolve()))
+    if argv and argv[0].endswith(".json"):
+        argv = json_to_flags(json.loads(Path(argv[0]).read_text())) + list(argv[1:])
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def make_transforms(processor, image_size: int, augmentation: XRayAugmentation):
-    """Lazy `set_transform` functions: augmentation on train only, one processor for every split."""
+def json_to_flags(config: dict) -> list[str]:
+    flags: list[str] = []
+    for key, value in config.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        flags += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return flags
+
+
+def make_transforms(processor, image_size: int, augmentation: XRayAugmentation, teachers: Teachers | None = None):
+    """Lazy `set_transform` functions: augmentation on train only, one processor for every split (and with
+    teachers, each teacher's own processor on the same augmented image)."""
+
+    teacher_processors = teachers.processors if teachers is not None else None
 
     def to_pixels(images: list[Image.Image]) -> list[torch.Tensor]:
         return list(processor(images=[to_model_input(image) for image in images], return_tensors="pt")["pixel_values"])
@@ -57,7 +74,9 @@ def make_transforms(processor, image_size: int, augmentation: XRayAugmentation):
     def train_transform(batch: dict) -> dict:
         # Squash to the model size first (what the processor would do) so augmentation works on few pixels.
         images = [load_image(cell).resize((image_size, image_size), Image.Resampling.BILINEAR) for cell in batch["image"]]
-        return {"pixel_values": to_pixels([augmentation(image, random) for image in images]), "labels": batch["label"]}
+        augmented = [augmentation(image, random) for image in images]
+        extra = teacher_pixel_values(teacher_processors, augmented) if teacher_processors else {}
+        return {"pixel_values": to_pixels(augmented), "labels": batch["label"], **extra}
 
     def eval_transform(batch: dict) -> dict:
         return {"pixel_values": to_pixels([load_image(cell) for cell in batch["image"]]), "labels": batch["label"]}
@@ -66,10 +85,10 @@ def make_transforms(processor, image_size: int, augmentation: XRayAugmentation):
 
 
 def collate(examples: list[dict]) -> dict:
-    return {
-        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-        "labels": torch.tensor([example["labels"] for example in examples]),
-    }
+    """Stacks `pixel_values` (and any teacher inputs) and the labels."""
+    batch = {key: torch.stack([example[key] for example in examples]) for key in examples[0] if key != "labels"}
+    batch["labels"] = torch.tensor([example["labels"] for example in examples])
+    return batch
 
 
 def class_weights(labels: list[int], mode: str) -> torch.Tensor | None:
@@ -118,7 +137,9 @@ def resolve_checkpoint(training_args) -> str | None:
 
 def describe_data(data_args, prepared: PreparedData, card_dataset_id: str) -> tuple[str, str]:
     """(dataset id for the card metadata, one honest sentence about the data)."""
-    source = f"the Hub dataset `{data_args.dataset_name}`" if data_args.dataset_name else f"the image folder `{data_args.data_dir}`"
+    source = (f"the Hub dataset `{data_args.dataset_name}`" if data_args.dataset_name
+              else f"a local image folder (`{Path(data_args.data_dir).name}`)"
+              + (f", a copy of `{card_dataset_id}`" if card_dataset_id else ""))
     how = ("carved from the training split, grouped by patient and stratified by label"
            if prepared.grouped_by_patient else "carved from the training split per image (file names carried no patient ids)")
     if data_args.validation_split_name:
@@ -131,13 +152,14 @@ def describe_data(data_args, prepared: PreparedData, card_dataset_id: str) -> tu
 def split_description(split: str, data_args, grouped: bool) -> str:
     if split == "validation" and not data_args.validation_split_name:
         return "patient-level hold-out carved from the Kermany train split" if grouped else "image-level hold-out carved from the train split"
+    source = data_args.dataset_name or f"the local image folder `{Path(data_args.data_dir).name}`"
     if split == "test":
-        return f"`{data_args.test_split_name}` split of {data_args.dataset_name or data_args.data_dir} (never used for selection)"
-    return f"`{split}` split of {data_args.dataset_name or data_args.data_dir}"
+        return f"`{data_args.test_split_name}` split of {source} (never used for selection)"
+    return f"`{split}` split of {source}"
 
 
 def write_summary(output_dir: Path, model_args, data_args, training_args, prepared, built, point, trainer,
-                  minutes: float) -> None:
+                  minutes: float, extra: dict | None = None) -> None:
     model = built.model
     data_id, data_text = describe_data(data_args, prepared, model_args.hub_dataset_card_id)
     parameters = sum(p.numel() for p in model.parameters())
@@ -145,7 +167,8 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
     best_epoch = None
     if trainer.state.best_model_checkpoint:
         best_step = int(Path(trainer.state.best_model_checkpoint).name.split("-")[-1])
-        best_epoch = next((row["epoch"] for row in trainer.state.log_history if row.get("step") == best_step and "eval_loss" in row), None)
+        best_epoch = next((round(row["epoch"], 2) for row in trainer.state.log_history
+                           if row.get("step") == best_step and "eval_loss" in row), None)
     size = model_args.image_size if not model_args.model_name_or_path else built.processor.size["height"]
     command = "python -m train " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     summary = {
@@ -167,7 +190,8 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
         "skipped_files": prepared.skipped_files,
         "operating_point": point.to_dict(),
         "hyperparameters": {
-            "learning rate": training_args.learning_rate, "epochs (max)": training_args.num_train_epochs,
+            "learning rate": training_args.learning_rate,
+            **({"steps (max)": training_args.max_steps} if training_args.max_steps > 0 else {"epochs (max)": training_args.num_train_epochs}),
             "batch size": training_args.per_device_train_batch_size * max(1, training_args.world_size) * training_args.gradient_accumulation_steps,
             "optimizer": getattr(training_args.optim, "value", training_args.optim), "weight decay": training_args.weight_decay,
             "schedule": getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type),
@@ -176,6 +200,9 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
             "class weighting": model_args.class_weighting, "augmentation strength": data_args.augmentation_strength,
             "zoom range": f"±{data_args.max_scale_change * data_args.augmentation_strength:.0%}",
             "horizontal flip": data_args.horizontal_flip, "early stopping patience": model_args.early_stopping_patience,
+            "margin augmentation (probability, largest share of a side)": f"{data_args.margin_augmentation}, {data_args.max_margin_fraction:.0%}",
+            "knowledge distillation": describe_distillation(model_args.teacher_model_name_or_path, model_args.distillation_temperature,
+                                                            model_args.distillation_weight),
             "seed": training_args.seed,
         },
         "training_minutes": round(minutes, 1),
@@ -187,6 +214,7 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
         "hub_model_id": training_args.hub_model_id,
         "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
     }
+    summary.update(extra or {})
     (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     arguments = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "training": training_args.to_dict()}
     (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2, default=str) + "\n")
@@ -206,6 +234,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
         hub_token()  # fail now, not after hours of training
         training_args.push_to_hub = False  # one push, of the finished folder, by train.push
     set_seed(training_args.seed)
+    teacher_folders = teacher_paths(model_args.teacher_model_name_or_path)
+    teachers = load_teachers(teacher_folders) if teacher_folders else None  # fail before the data are read
 
     prepared = prepare_splits(load_raw_dataset(data_args.dataset_name, data_args.data_dir, data_args.dataset_revision),
                               data_args, training_args.seed)
@@ -217,14 +247,17 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     built = build_model(model_args)
     image_size = built.processor.size["height"]
     augmentation = XRayAugmentation.from_data_arguments(data_args)
-    train_transform, eval_transform = make_transforms(built.processor, image_size, augmentation)
+    # With a bigger teacher, augment at its side so that neither network sees an upsampled image.
+    augment_side = max(image_size, teachers.largest_side) if teachers else image_size
+    train_transform, eval_transform = make_transforms(built.processor, augment_side, augmentation, teachers)
     train_set = prepared.splits["train"].with_transform(train_transform)
     validation_set = prepared.splits["validation"].with_transform(eval_transform)
 
     evaluating = str(training_args.eval_strategy) not in ("no", "IntervalStrategy.NO")
     patience = model_args.early_stopping_patience if evaluating else 0
     callbacks = ([EarlyStoppingCallback(patience)] if patience > 0 else []) + list(extra_callbacks)
-    trainer = Trainer(
+    trainer = build_trainer(
+        teachers, model_args.distillation_temperature, model_args.distillation_weight,
         model=built.model,
         args=training_args,
         train_dataset=train_set,
@@ -238,33 +271,50 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
     minutes = (time.perf_counter() - started) / 60
+    if not trainer.is_world_process_zero():  # DDP: the other processes' work ends with training; one writes the folder
+        return {}
 
-    classifier = PneumoniaClassifier(trainer.model, built.processor, source=str(output_dir))
+    # Everything after training runs on the CPU in float32, as the app serves (weights stay float32 under bf16 autocast).
+    classifier = PneumoniaClassifier(trainer.model.to("cpu"), built.processor, source=str(output_dir))
     validation = prepared.splits["validation"]
     validation_logits, validation_features = dataset_logits(classifier, validation, with_features=True)
     point = select_operating_point(classifier, validation_logits, np.asarray(validation["label"]), model_args.threshold_strategy,
                                    model_args.min_sensitivity, model_args.fixed_threshold)
+    validation_logits = folded_logits(validation_logits, point, classifier.positive_index)  # the head is calibrated now
     logger.info("Operating point: %s", point)
     trainer.save_model(str(output_dir))
     (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; training_args.json replaces it
     built.processor.save_pretrained(str(output_dir))
     (output_dir / ONNX_FILE).unlink(missing_ok=True)  # a previous run's export would not match these weights
-    if model_args.export_onnx:
+    checks = model_args.post_training_checks
+    if model_args.export_onnx and checks:
         logger.info("ONNX export: %s", export_onnx(classifier, output_dir))
     write_split_lists(prepared.splits, output_dir / "splits")
-    ood_stats = write_reference(classifier, dataset_features(classifier, prepared.splits["train"]), validation_features, output_dir)
-    logger.info("Out-of-distribution reference: %s", ood_stats)
+    if checks:
+        ood_stats = write_reference(classifier, dataset_features(classifier, prepared.splits["train"]), validation_features, output_dir)
+        logger.info("Out-of-distribution reference: %s", ood_stats)
+        ood_dir = getattr(data_args, "ood_dir", None)  # development folders for the learned gate (train.gate)
+        if ood_dir:
+            gate = write_gate_for_splits(classifier, output_dir, prepared.splits["train"], validation, ood_dir)
+            logger.info("Out-of-distribution gate, flagged on held-out images: %s", gate_summary(gate))
     training_curves(trainer.state.log_history, output_dir / "training_curves.png")
 
     reports = {"validation": evaluate_split(classifier, validation, "validation",
                                             split_description("validation", data_args, prepared.grouped_by_patient),
                                             output_dir, validation_logits)}
-    validation_images = [load_image(cell) for cell in validation["image"]]
-    write_shift_report(shift_report(classifier, validation_images, validation["label"]), output_dir)
+    if checks:
+        validation_images = [load_image(cell) for cell in validation["image"]]
+        write_shift_report(shift_report(classifier, validation_images, validation["label"]), output_dir)
     if "test" in prepared.splits:
         reports["test"] = evaluate_split(classifier, prepared.splits["test"], "test",
                                          split_description("test", data_args, prepared.grouped_by_patient), output_dir)
-    write_summary(output_dir, model_args, data_args, training_args, prepared, built, point, trainer, minutes)
+    extra = {}
+    if BATCH_HOLDOUT_SPLIT in prepared.splits:  # specificity on a NORMAL batch never trained on, at the stored threshold
+        batch = data_args.holdout_normal_batch
+        reports[BATCH_HOLDOUT_SPLIT] = evaluate_split(classifier, prepared.splits[BATCH_HOLDOUT_SPLIT], BATCH_HOLDOUT_SPLIT,
+                                                      batch_holdout_description(batch), output_dir)
+        extra[BATCH_HOLDOUT_SPLIT] = batch_holdout_summary(reports[BATCH_HOLDOUT_SPLIT]["metrics"], batch)
+    write_summary(output_dir, model_args, data_args, training_args, prepared, built, point, trainer, minutes, extra)
     render_card(output_dir)
     for split, report in reports.items():
         m = report["metrics"]

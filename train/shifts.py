@@ -9,6 +9,11 @@ weights (`robustness_validation.json`) and the card shows it;
     python -m train.shifts --model_dir model --data_dir ../shared/data/chest_xray [--write]
 
 prints it for any model folder (and with `--write` stores it and re-renders the card).
+
+Two checks aim at the border shortcut (issue 11). The margin shifts (bars, an added border, borders cropped)
+are other machines' framings: sensitivity and specificity at the stored threshold must stay within
+`MARGIN_TOLERANCE` of the unaltered images (`margin_check`). The margin-only probe hides the centre and keeps
+only the margins: its ROC-AUC (`margin_probe`) should be near 0.5, since the margins show no lung.
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ from PIL import Image, ImageEnhance, ImageFilter
 from sklearn.metrics import roc_auc_score
 
 from chestxray.classifier import PneumoniaClassifier
-from train.augment import add_gaussian_noise, adjust_gamma
+from train.augment import add_bars, add_gaussian_noise, adjust_gamma, crop_sides, grey_ink, pad_sides
 from train.calibration import sensitivity_specificity
 
 ROBUSTNESS_FILE = "robustness_validation.json"
+MARGIN_TOLERANCE = 0.05  # largest drop in sensitivity or specificity a margin shift may cause
+PROBE_MARGIN = 0.10  # the margin-only probe keeps this share of each side and hides the rest
+PROBE_GREY = 128
 
 
 def jpeg(image: Image.Image, quality: int) -> Image.Image:
@@ -45,6 +53,20 @@ def central_crop(image: Image.Image, keep: float) -> Image.Image:
     return image.crop((dx, dy, w - dx, h - dy))
 
 
+def hide_centre(image: Image.Image, margin: float = PROBE_MARGIN, grey: int = PROBE_GREY) -> Image.Image:
+    """Only the margins: everything but `margin` of each side painted uniform grey."""
+    w, h = image.size
+    hidden = image.copy()
+    hidden.paste(grey_ink(image, grey), (round(w * margin), round(h * margin), w - round(w * margin), h - round(h * margin)))
+    return hidden
+
+
+MARGIN_SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "black bars at the sides (10 %)": lambda im: add_bars(im, 0.10, 0, 0.10, 0, fill=0),
+    "white bars top and bottom (8 %)": lambda im: add_bars(im, 0, 0.08, 0, 0.08, fill=255),
+    "black border added (10 %)": lambda im: pad_sides(im, 0.10, 0.10, 0.10, 0.10, fill=0),
+    "borders cropped (left and top 10 %)": lambda im: crop_sides(im, 0.10, 0.10, 0, 0),
+}
 SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "none": lambda im: im,
     "brighter (+20 %)": lambda im: ImageEnhance.Brightness(im).enhance(1.2),
@@ -58,20 +80,40 @@ SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "JPEG quality 20": lambda im: jpeg(im, 20),
     "half resolution": lambda im: im.resize((im.width // 2, im.height // 2), Image.Resampling.BILINEAR),
     "crop to central 85 %": lambda im: central_crop(im, 0.85),
+    **MARGIN_SHIFTS,
 }
 
 
+def _scores(classifier: PneumoniaClassifier, images: Sequence[Image.Image], labels: np.ndarray) -> dict:
+    """The network's calibrated scores, as the app computes them, without the serving gate: an altered X-ray the
+    gate would refuse still shows where the threshold stands."""
+    scores = classifier.calibrated_probabilities(classifier.logits(images, batch_size=32))
+    sensitivity, specificity = sensitivity_specificity(labels, scores, classifier.threshold)
+    auc = float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
+    return {"roc_auc": auc, "sensitivity": sensitivity, "specificity": specificity}
+
+
+def margin_check(rows: list[dict], tolerance: float = MARGIN_TOLERANCE) -> dict:
+    """Do sensitivity and specificity at the stored threshold hold under every margin shift?"""
+    clean = next(row for row in rows if row["shift"] == "none")
+    margin_rows = [row for row in rows if row["shift"] in MARGIN_SHIFTS]
+    worst_sensitivity = min(row["sensitivity"] for row in margin_rows)
+    worst_specificity = min(row["specificity"] for row in margin_rows)
+    return {"shifts": [row["shift"] for row in margin_rows], "tolerance": tolerance,
+            "worst_sensitivity": worst_sensitivity, "worst_specificity": worst_specificity,
+            "holds": bool(worst_sensitivity >= clean["sensitivity"] - tolerance
+                          and worst_specificity >= clean["specificity"] - tolerance)}
+
+
 def shift_report(classifier: PneumoniaClassifier, images: Sequence[Image.Image], labels: Sequence[int]) -> dict:
-    """ROC-AUC, and sensitivity and specificity at the stored threshold, for every shift."""
+    """ROC-AUC, and sensitivity and specificity at the stored threshold, for every shift; the margin check and
+    the margin-only probe."""
     labels = np.asarray(labels)
-    rows = []
-    for name, shift in SHIFTS.items():
-        predictions = classifier.predict([shift(image) for image in images], batch_size=32)
-        scores = np.array([p.pneumonia_probability for p in predictions])
-        sensitivity, specificity = sensitivity_specificity(labels, scores, classifier.threshold)
-        auc = float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
-        rows.append({"shift": name, "roc_auc": auc, "sensitivity": sensitivity, "specificity": specificity})
-    return {"split": "validation", "threshold": classifier.threshold, "images": len(labels), "shifts": rows}
+    rows = [{"shift": name, **_scores(classifier, [shift(image) for image in images], labels)} for name, shift in SHIFTS.items()]
+    probe = {"alteration": f"central {round(100 * (1 - 2 * PROBE_MARGIN))} % grey, {round(100 * PROBE_MARGIN)} % margins kept",
+             **_scores(classifier, [hide_centre(image) for image in images], labels)}
+    return {"split": "validation", "threshold": classifier.threshold, "images": len(labels), "shifts": rows,
+            "margin_check": margin_check(rows), "margin_probe": probe}
 
 
 def write_shift_report(report: dict, model_dir: Path) -> None:
@@ -83,6 +125,21 @@ def markdown_table(report: dict) -> str:
     for row in report["shifts"]:
         auc = "n/a" if row["roc_auc"] is None else f"{row['roc_auc']:.4f}"
         lines.append(f"| {row['shift']} | {auc} | {row['sensitivity']:.3f} | {row['specificity']:.3f} |")
+    return "\n".join(lines)
+
+
+def margin_summary(report: dict) -> str:
+    """Two lines on the border shortcut: the probe's AUC (0.5 = no signal in the margins) and the margin check."""
+    lines = []
+    if "margin_probe" in report:
+        probe = report["margin_probe"]
+        auc = "n/a" if probe["roc_auc"] is None else f"{probe['roc_auc']:.3f}"
+        lines.append(f"Margin-only probe ({probe['alteration']}): ROC-AUC {auc} (0.5 = the margins carry no label).")
+    if "margin_check" in report:
+        check = report["margin_check"]
+        lines.append(f"Margin shifts: worst sensitivity {check['worst_sensitivity']:.3f}, worst specificity "
+                     f"{check['worst_specificity']:.3f}; within {check['tolerance']} of the unaltered images: "
+                     f"{'yes' if check['holds'] else 'NO'}.")
     return "\n".join(lines)
 
 
@@ -118,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     report = shift_report(classifier, *validation_images(model_dir, args.data_dir, args.dataset_name))
     print(f"{model_dir}: {report['images']} validation images, stored threshold {classifier.threshold:.3f}\n")
     print(markdown_table(report))
+    print("\n" + margin_summary(report))
     if args.write:
         write_shift_report(report, model_dir)
         if (model_dir / SUMMARY_FILE).is_file():

