@@ -1,81 +1,165 @@
 """Gradio app (Hugging Face Space): pneumonia decision support on chest X-rays.
 
-`python app.py` serves the bundled model on port 7860; `MODEL_ID=user/repo python app.py` pulls a
-model from the Hub. Endpoints for `gradio_client`: `/predict` (one file -> JSON), `/analyse` (the
-UI's full answer, heatmap included) and `/predict_batch` (many files -> table + CSV).
+`python app.py` serves the bundled model on http://127.0.0.1:7860; `MODEL_ID=user/repo python app.py` pulls
+a model from the Hub. Endpoints for `gradio_client`: `/predict` (one file -> JSON), `/analyse` (the page's
+full answer, heatmap included) and `/predict_batch` (many files -> table + CSV).
 """
 
 from __future__ import annotations
 
 import atexit
+import html
+import json
 import logging
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
-# Uploads land in a private temporary folder that is purged while serving and removed at exit:
-# nothing a user sends is written anywhere lasting. Set before Gradio is imported.
-UPLOAD_DIR = tempfile.mkdtemp(prefix="pneumonia-xray-")
-os.environ.setdefault("GRADIO_TEMP_DIR", UPLOAD_DIR)
+# Every upload and every output file lives in this private folder: each upload is deleted as soon as it is
+# answered, anything else after FILE_LIFETIME_S, and the folder itself at exit (Ctrl-C or SIGTERM) or, after
+# a hard kill, at the next start. Set before Gradio is imported, and not overridable: "never kept" must hold.
+TEMP_PREFIX = "pneumonia-xray-"
+UPLOAD_DIR = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+os.environ["GRADIO_TEMP_DIR"] = UPLOAD_DIR
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a medical demo reports nothing about its use
 atexit.register(shutil.rmtree, UPLOAD_DIR, ignore_errors=True)
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from chestxray import ImageReadError, ModelLoadError, PneumoniaClassifier  # noqa: E402
 from chestxray.batch import expand_paths, predict_files, write_csv  # noqa: E402
-from chestxray.explain import grad_cam, overlay  # noqa: E402
+from chestxray.explain import COLORMAP_ANCHORS, EVIDENCE_FLOOR, display_image, evidence, grad_cam, overlay  # noqa: E402
+from http_guard import HttpGuard  # noqa: E402
 
 logger = logging.getLogger("app")
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent / "model")
 DISCLAIMER = (
     "**Decision support for research and education — not a medical device.** It was trained on one "
-    "hospital's paediatric X-rays, has not been cleared by any regulator, and must not be used to diagnose, "
-    "treat or triage anyone. Uploads are processed in memory and temporary files, never kept."
+    "hospital's X-rays of children aged 1–5, has not been cleared by any regulator, and must not be used to "
+    "diagnose, treat or triage anyone. Each upload is deleted as soon as it has been answered; nothing is kept."
 )
+SHORT_DISCLAIMER = "Decision support for research and education; not a medical device."
+ERROR_TITLE = "Cannot analyse this file"
+WAITING_TEXT = "*The answer for your X-ray appears here.*"
 MAX_FILE_SIZE = "25mb"
 MAX_BATCH_FILES = 100
+FILE_LIFETIME_S = 45  # outputs (heatmaps, CSVs) are fetched within seconds; the purge runs every PURGE_EVERY_S
+PURGE_EVERY_S = 10
+IMAGE_HEIGHT = 420  # px on the page, for the upload and the heatmap alike, whatever the file's size
 EXAMPLES_DATASET = "hf-vision/chest-xray-pneumonia"
+HEATMAP_CAPTION = (
+    "Colour marks the regions that pushed the PNEUMONIA score up, scaled by the probability: a film the model "
+    "calls NORMAL stays uncoloured. It shows what the model looked at, not where disease is; colour outside "
+    "the lungs (edges, markers, the body's outline) means the model used something other than the lungs."
+)
 
 
 def user_error(message: str) -> gr.Error:
     """A message for the person who sent the file; an expected outcome, so no traceback in the server log."""
-    return gr.Error(message, title="Cannot analyse this file", print_exception=False)
+    return gr.Error(plain(message), title=ERROR_TITLE, print_exception=False)
+
+
+def plain(text: str | None) -> str | None:
+    """Messages quote file names with Markdown backticks; tables, pop-ups and JSON show typographic quotes."""
+    return re.sub(r"`([^`]*)`", r"“\1”", text) if text else text
 
 
 def _upload_name(path: str) -> str:
     return Path(path).name
 
 
-def _read_upload(classifier: PneumoniaClassifier, path: str | None) -> Image.Image:
-    if not path:
-        raise user_error("Upload a chest X-ray first (PNG, JPEG, TIFF, BMP, WebP or DICOM).")
-    try:
-        return classifier.read(path, name=_upload_name(path))
-    except ImageReadError as error:
-        raise user_error(str(error)) from None
+EXAMPLES_PREFIX = "examples-"
+
+
+class UploadFolder:
+    """The private folder uploads and outputs live in, and the rules that keep it empty."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root).resolve()
+        self.protected: set[str] = set()  # Gradio's cached copies of the examples
+
+    def is_example(self, file: Path) -> bool:
+        return str(file) in self.protected or any(part.startswith(EXAMPLES_PREFIX) for part in file.relative_to(self.root).parts)
+
+    def discard(self, path: str | None) -> None:
+        """Delete an answered upload (and its per-upload folder), unless it is an example."""
+        if not path:
+            return
+        file = Path(path).resolve()
+        if self.root not in file.parents or self.is_example(file):
+            return
+        file.unlink(missing_ok=True)
+        if file.parent != self.root:
+            shutil.rmtree(file.parent, ignore_errors=True)
+
+    def purge(self, max_age_s: float) -> None:
+        """Delete files older than `max_age_s` (outputs, and uploads that were never answered)."""
+        cutoff = time.time() - max_age_s
+        for file in self.root.rglob("*"):
+            try:
+                if file.is_file() and not self.is_example(file) and file.stat().st_mtime < cutoff:
+                    file.unlink()
+            except OSError:
+                continue
+        for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            try:
+                folder.rmdir()  # only empty ones
+            except OSError:
+                continue
+
+    def start_purging(self, every_s: float = PURGE_EVERY_S, max_age_s: float = FILE_LIFETIME_S) -> None:
+        def loop() -> None:
+            while True:
+                time.sleep(every_s)
+                self.purge(max_age_s)
+
+        threading.Thread(target=loop, name="purge-uploads", daemon=True).start()
+
+
+def remove_stale_folders(temp_root: str = tempfile.gettempdir()) -> None:
+    """Upload folders left by an app that was killed outright (SIGKILL, out of memory) go at the next start."""
+    for folder in Path(temp_root).glob(f"{TEMP_PREFIX}*-*"):
+        pid = folder.name[len(TEMP_PREFIX):].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def refused(prediction) -> bool:
+    """The gate decided this is not a frontal chest X-ray: no decision, no probability."""
+    return prediction.decision is None
 
 
 def prediction_json(prediction, model_name: str) -> dict:
-    """The JSON answer of `/predict`: plain types only, stable keys."""
+    """The JSON answer of `/predict`: plain types only, stable keys; `decision` is null when the gate refuses."""
+    probability = prediction.pneumonia_probability
     return {
         "decision": prediction.decision,
-        "pneumonia_probability": round(prediction.pneumonia_probability, 4),
+        "pneumonia_probability": None if probability is None else round(probability, 4),
         "threshold": round(prediction.threshold, 4),
-        "confidences": {label: round(p, 4) for label, p in prediction.probabilities.items()},
-        "warning": prediction.warning,
+        "confidences": None if probability is None else {label: round(p, 4) for label, p in prediction.probabilities.items()},
+        "gate": prediction.gate,
+        "gate_reason": prediction.gate_reason,
+        "message": plain(prediction.message),
         "model": model_name,
-        "disclaimer": "Decision support for research and education; not a medical device.",
+        "disclaimer": SHORT_DISCLAIMER,
     }
 
 
 def decision_markdown(prediction) -> str:
+    note = plain(prediction.message)
+    if refused(prediction):
+        return f"### No decision: this does not look like a frontal chest X-ray\n\n{note or ''}"
     probability, threshold = prediction.pneumonia_probability, prediction.threshold
     side = "at or above" if prediction.decision == "PNEUMONIA" else "below"
     text = (
@@ -83,73 +167,194 @@ def decision_markdown(prediction) -> str:
         f"Calibrated probability of pneumonia: **{probability:.1%}**, {side} the model's operating threshold of "
         f"**{threshold:.1%}**, which was chosen on held-out validation X-rays."
     )
-    if prediction.warning:
-        text = f"⚠️ **{prediction.warning}** The result below is unreliable.\n\n" + text
-    return text + f"\n\n{DISCLAIMER}"
+    if note:
+        text = f"> ⚠️ **{note}**\n\n" + text
+    return text
 
 
-def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[str] | None = None) -> gr.Blocks:
+def error_markdown(message: str) -> str:
+    return f"### {ERROR_TITLE}\n\n{plain(message)}"
+
+
+def heatmap_legend_html() -> str:
+    stops = ", ".join(f"rgb{colour}" for colour in COLORMAP_ANCHORS)
+    return (
+        '<div id="heatmap-legend" style="font-size:0.85em">'
+        f'<div style="height:12px;border-radius:3px;background:linear-gradient(to right, {stops})"></div>'
+        '<div style="display:flex;justify-content:space-between">'
+        f"<span>weak (below {EVIDENCE_FLOOR:.0%}: not shown)</span><span>strong evidence for PNEUMONIA</span></div>"
+        f"<p>{html.escape(HEATMAP_CAPTION)}</p></div>"
+    )
+
+
+def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[str] | None = None,
+               uploads: UploadFolder | None = None) -> gr.Blocks:
     """The whole UI and API around one loaded classifier (the tests launch it with a tiny model)."""
+    uploads = uploads or UploadFolder(UPLOAD_DIR)
+
+    def read_upload(path: str | None) -> Image.Image:
+        if not path:
+            raise ImageReadError("Upload a chest X-ray first (PNG, JPEG, TIFF, BMP, WebP or DICOM).")
+        try:
+            return classifier.read(path, name=_upload_name(path))
+        finally:
+            uploads.discard(path)  # the decoded image is all that is needed: the file goes now
+
+    def heatmap_for(image: Image.Image, prediction) -> np.ndarray | None:
+        if refused(prediction):
+            return None
+        shown = display_image(image)
+        return overlay(shown, evidence(grad_cam(classifier, image), prediction.pneumonia_probability))
 
     def predict(path: str | None) -> dict:
-        image = _read_upload(classifier, path)
+        try:
+            image = read_upload(path)
+        except ImageReadError as error:
+            raise user_error(str(error)) from None
         return prediction_json(classifier.predict([image])[0], model_name)
 
     def analyse(path: str | None):
-        image = _read_upload(classifier, path)
+        try:
+            image = read_upload(path)
+        except ImageReadError as error:
+            raise user_error(str(error)) from None
         prediction = classifier.predict([image])[0]
-        heatmap = overlay(image, grad_cam(classifier, image))
-        return prediction.probabilities, decision_markdown(prediction), heatmap, prediction_json(prediction, model_name)
+        probabilities = None if refused(prediction) else prediction.probabilities
+        return probabilities, decision_markdown(prediction), heatmap_for(image, prediction), prediction_json(prediction, model_name)
+
+    def show_upload(path: str | None):
+        """The page's answer to a new file (or to a cleared one): every output follows the input."""
+        empty = (None, gr.update(value=None, visible=False), WAITING_TEXT, gr.update(value=None, visible=False),
+                 gr.update(visible=False), None)
+        if not path:
+            return empty
+        try:
+            image = read_upload(path)
+        except ImageReadError as error:
+            return (None, *empty[1:2], error_markdown(str(error)), *empty[3:])
+        prediction = classifier.predict([image])[0]
+        heatmap = heatmap_for(image, prediction)
+        shows_result = not refused(prediction)
+        return (
+            display_image(image),
+            gr.update(value=prediction.probabilities if shows_result else None, visible=shows_result),
+            decision_markdown(prediction),
+            gr.update(value=heatmap, visible=shows_result),
+            gr.update(visible=shows_result),
+            prediction_json(prediction, model_name),
+        )
 
     def predict_batch(paths: list[str] | None):
         if not paths:
             raise user_error("Upload one or more chest X-rays first.")
-        if len(paths) > MAX_BATCH_FILES:
-            raise user_error(f"{len(paths)} files is more than the {MAX_BATCH_FILES} a batch can take; split them up.")
-        results = predict_files(classifier, [(_upload_name(p), p) for p in paths])
-        rows = [[r.file, r.pneumonia_probability, r.decision or "", r.error or r.warning or ""] for r in results]
+        try:
+            if len(paths) > MAX_BATCH_FILES:
+                raise user_error(f"{len(paths)} files is more than the {MAX_BATCH_FILES} a batch can take; split them up.")
+            results = predict_files(classifier, [(_upload_name(p), p) for p in paths])
+        finally:
+            for path in paths:
+                uploads.discard(path)
+        rows = [[r.file, r.pneumonia_probability, batch_decision(r), plain(r.error or r.message) or ""] for r in results]
         csv_path = write_csv(results, Path(tempfile.mkdtemp(dir=UPLOAD_DIR)) / "pneumonia_predictions.csv")
         return rows, str(csv_path)
 
-    with gr.Blocks(title="Pneumonia on chest X-rays", delete_cache=(600, 900)) as demo:
-        gr.Markdown("# Pneumonia on paediatric chest X-rays\nUpload a frontal chest X-ray (PNG, JPEG, TIFF, BMP, WebP or DICOM).")
-        gr.Markdown(DISCLAIMER, elem_classes="disclaimer")
+    with gr.Blocks(title="Pneumonia on chest X-rays") as demo:
+        gr.Markdown("# Pneumonia on paediatric chest X-rays\n" + DISCLAIMER, elem_id="header")
         with gr.Tab("Single X-ray"):
-            with gr.Row():
+            with gr.Row(equal_height=True):
                 with gr.Column():
                     # No file_types filter: DICOM often has no extension; the reader explains anything it cannot use.
-                    upload = gr.File(label="Chest X-ray", type="filepath", elem_id="xray-upload")
-                    analyse_button = gr.Button("Analyse", variant="primary", elem_id="analyse-button")
-                    if examples:
-                        gr.Examples(examples=[[path] for path in examples], inputs=[upload], label="Real X-rays")
+                    upload = gr.File(label="Chest X-ray (PNG, JPEG, TIFF, BMP, WebP or DICOM)", type="filepath", elem_id="xray-upload")
+                    gr.Markdown("Upload a frontal chest X-ray of a child: the answer appears as soon as the file arrives.")
+                    preview = gr.Image(label="Your upload", type="pil", format="jpeg", height=IMAGE_HEIGHT, interactive=False,
+                                       buttons=["fullscreen"], elem_id="upload-preview")
                 with gr.Column():
+                    decision = gr.Markdown(WAITING_TEXT, label="Decision", elem_id="decision")
                     # No heading: the top bar is the argmax, but the decision is made at the stored threshold.
-                    confidences = gr.Label(num_top_classes=2, label="Calibrated probabilities", show_heading=False, elem_id="confidences")
-                    decision = gr.Markdown(elem_id="decision")
-                    heatmap = gr.Image(label="What drove the PNEUMONIA score (Grad-CAM)", type="numpy", format="jpeg", interactive=False)
+                    confidences = gr.Label(num_top_classes=2, label="Calibrated probabilities", show_heading=False,
+                                           visible=False, elem_id="confidences")
+                    heatmap = gr.Image(label="Grad-CAM heatmap", show_label=False, type="numpy", format="jpeg",
+                                       height=IMAGE_HEIGHT, interactive=False, visible=False, buttons=["fullscreen"],
+                                       elem_id="heatmap")
+                    legend = gr.HTML(heatmap_legend_html(), visible=False)
+            if examples:
+                gr.Examples(examples=[[path, path] for path in examples], inputs=[upload, preview],
+                            label="Example X-rays (not used in training)", examples_per_page=8)
             with gr.Accordion("JSON (as returned by the /predict API)", open=False):
                 answer = gr.JSON(label="Prediction")
-            analyse_button.click(analyse, upload, [confidences, decision, heatmap, answer], api_name="analyse")
-            # API-only twin of the button: one file in, the JSON answer out, no heatmap cost.
+            upload.change(show_upload, upload, [preview, confidences, decision, heatmap, legend, answer],
+                          api_visibility="private", show_progress="minimal")
+            # API-only twins of the page: one file in, the answer out.
             predict_trigger = gr.Button(visible=False)
             predict_trigger.click(predict, upload, answer, api_name="predict")
+            analyse_trigger = gr.Button(visible=False)
+            analyse_trigger.click(analyse, upload, [confidences, decision, heatmap, answer], api_name="analyse")
         with gr.Tab("Batch"):
             batch_upload = gr.File(label=f"Up to {MAX_BATCH_FILES} X-rays", file_count="multiple", type="filepath")
             batch_button = gr.Button("Analyse all", variant="primary")
             table = gr.Dataframe(headers=["file", "P(pneumonia)", "decision", "note"], label="Results", interactive=False)
             csv_file = gr.File(label="CSV download")
             batch_button.click(predict_batch, batch_upload, [table, csv_file], api_name="predict_batch")
+            batch_upload.change(lambda _files: (None, None), batch_upload, [table, csv_file], api_visibility="private")
         with gr.Tab("About & API"):
             gr.Markdown(about_markdown(classifier, model_name))
+        gr.Markdown(f"Model: {card_link(classifier, model_name)}. From code: “Use via API” below, or the About & API tab.",
+                    elem_id="footer-note")
+    uploads.protected = {path for block in demo.blocks.values() for path in getattr(block, "keep_in_cache", set())}
     return demo
+
+
+def batch_decision(result) -> str:
+    if result.error:
+        return "not analysed"
+    return result.decision or "no decision"
+
+
+def card_url(classifier: PneumoniaClassifier, model_name: str) -> str | None:
+    """The model card on the Hub for a Hub model, in the Space's files on a Space; None for a local folder."""
+    if model_name.count("/") == 1 and not Path(model_name).exists():
+        return f"https://huggingface.co/{model_name}"
+    if os.environ.get("SPACE_ID"):
+        try:
+            folder = Path(classifier.source).resolve().relative_to(Path(__file__).resolve().parent)
+        except ValueError:
+            return None
+        return f"https://huggingface.co/spaces/{os.environ['SPACE_ID']}/blob/main/{folder.as_posix()}/README.md"
+    return None
+
+
+def card_link(classifier: PneumoniaClassifier, model_name: str) -> str:
+    url = card_url(classifier, model_name)
+    return f"[the model card]({url})" if url else f"the model card (`{Path(classifier.source).name}/README.md`)"
+
+
+def measured_figures(classifier: PneumoniaClassifier) -> str:
+    """The model's own validation figures, from the metrics file next to its weights."""
+    path = Path(classifier.source) / "metrics_validation.json"
+    if not path.is_file():
+        return "No measured figures ship with this model folder."
+    report = json.loads(path.read_text())
+    m = report["metrics"]
+    auc = f"{m['roc_auc']:.3f}" if m.get("roc_auc") is not None else "n/a"
+    return (f"On {m['normal_count'] + m['pneumonia_count']} validation X-rays ({plain(report['dataset'])}): ROC-AUC **{auc}**, "
+            f"sensitivity **{m['sensitivity']:.3f}**, specificity **{m['specificity']:.3f}**, calibration error (ECE) "
+            f"**{m['ece']:.3f}** at the threshold {m['threshold']:.3f}. These images come from the training hospital: "
+            "expect lower figures elsewhere (the official test split, from the same hospital, is harder).")
 
 
 def about_markdown(classifier: PneumoniaClassifier, model_name: str) -> str:
     config = classifier.config
     return f"""
 **Model**: `{model_name}` ({config.model_type}, {classifier.image_size}×{classifier.image_size} input, running on {classifier.runtime}).
-Decision threshold **{classifier.threshold:.3f}**, calibration temperature **{classifier.temperature:.3f}** and bias
-**{classifier.bias:.3f}** come from the model's `config.json`; all were chosen on patient-level validation data.
+Decision threshold **{classifier.threshold:.3f}**, from the model's `config.json`, chosen on patient-level validation data;
+the probabilities are calibrated on the same data. Details are in {card_link(classifier, model_name)}.
+
+**Measured**: {measured_figures(classifier)}
+
+**Limitations**: trained on one hospital's frontal X-rays of children aged 1–5 (Kermany et al., 2018). Not validated on
+adults, other hospitals or machines, lateral views or other body parts; images that do not look like a frontal chest
+X-ray get no decision, and adults get a warning. It does not tell bacterial from viral pneumonia or find other diseases.
+The heatmap shows what drove the score, which may be a shortcut rather than disease.
 
 **Call it from Python** with `gradio_client`:
 
@@ -157,25 +362,33 @@ Decision threshold **{classifier.threshold:.3f}**, calibration temperature **{cl
 from gradio_client import Client, handle_file
 
 client = Client("http://127.0.0.1:7860/")  # or the Space id, e.g. "user/space"
-client.predict(handle_file("xray.jpeg"), api_name="/predict")      # JSON decision
-client.predict([handle_file("a.png"), handle_file("b.dcm")], api_name="/predict_batch")  # table + CSV
+client.predict(handle_file("xray.jpeg"), api_name="/predict")   # JSON: decision (null when refused), probability, message
+probabilities, decision_text, heatmap_jpeg, answer = client.predict(handle_file("scan.dcm"), api_name="/analyse")
+table, csv_path = client.predict([handle_file("a.png"), handle_file("b.dcm")], api_name="/predict_batch")
 ```
+
+`/analyse` returns the page's answer: the calibrated probabilities (`null` when refused), the decision in words
+(Markdown), the heatmap as a JPEG file path (`null` when refused) and the same JSON as `/predict`.
 """
 
 
-def local_examples(folder: str, per_class: int = 2) -> list[str]:
-    """A few images per class from EXAMPLES_DIR, copied into the temporary area Gradio serves from."""
+def local_examples(folder: str, per_class: int = 2, prefer_listed_in: Path | None = None) -> list[str]:
+    """A few images per class from EXAMPLES_DIR, preferring those the model was not trained on (listed in its
+    `splits/validation.csv`), copied into the temporary area Gradio serves from."""
     files = expand_paths([folder])
+    if prefer_listed_in is not None and prefer_listed_in.is_file():
+        held_out = {line.split(",")[0] for line in prefer_listed_in.read_text().splitlines()[1:]}
+        files = [f for f in files if f.name in held_out] or files
     picked: list[Path] = []
     for label in ("NORMAL", "PNEUMONIA"):
         picked += [f for f in files if f.parent.name.upper() == label][:per_class]
     picked = picked or files[: 2 * per_class]
-    target = Path(tempfile.mkdtemp(dir=UPLOAD_DIR, prefix="examples-"))
+    target = Path(tempfile.mkdtemp(dir=UPLOAD_DIR, prefix=EXAMPLES_PREFIX))
     return [str(shutil.copy(f, target / f"{f.parent.name.lower()}_{f.name}")) for f in picked]
 
 
 def hub_examples(per_class: int = 2) -> list[str]:
-    """On a Space: a few test images of the Hub dataset, fetched once and cached; none if unreachable."""
+    """On a Space: a few test images of the Hub dataset (never trained on), fetched once and cached; none if unreachable."""
     cache = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "pneumonia-app-examples"
     if not cache.is_dir() or not any(cache.iterdir()):
         try:
@@ -198,9 +411,12 @@ def hub_examples(per_class: int = 2) -> list[str]:
     return local_examples(str(cache), per_class)
 
 
-def find_examples() -> list[str]:
+def find_examples(classifier: PneumoniaClassifier | None = None) -> list[str]:
+    """EXAMPLES_DIR (preferring the model's validation images when the classifier's folder lists them), or on a
+    Space the Hub dataset's test split; none otherwise."""
     if os.environ.get("EXAMPLES_DIR"):
-        return local_examples(os.environ["EXAMPLES_DIR"])
+        held_out = Path(classifier.source) / "splits" / "validation.csv" if classifier is not None else None
+        return local_examples(os.environ["EXAMPLES_DIR"], prefer_listed_in=held_out)
     if os.environ.get("SPACE_ID"):
         return hub_examples()
     return []
@@ -210,8 +426,43 @@ def server_port() -> int:
     return int(os.environ.get("GRADIO_SERVER_PORT") or os.environ.get("PORT") or 7860)
 
 
+def server_name() -> str:
+    """Loopback by default; all interfaces on a Space (SPACE_ID) or when GRADIO_SERVER_NAME asks for them."""
+    return os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1")
+
+
+def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
+    """Launch with every limit of the public Space; the tests launch through here too."""
+    demo.queue(default_concurrency_limit=1, max_size=64, api_open=False)  # no REST route around the queue
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        max_file_size=MAX_FILE_SIZE,
+        theme=gr.themes.Soft(),
+        footer_links=["api"],
+        run_history=False,
+        enable_monitoring=False,
+        app_kwargs={"middleware": [Middleware(HttpGuard, max_upload_parts=MAX_BATCH_FILES)]},
+        prevent_thread_lock=True,
+        quiet=quiet,
+    )
+
+
+def stop_on_sigterm() -> None:
+    """Docker, systemd and Spaces stop a container with SIGTERM: leave the way Ctrl-C does, cleanup included."""
+
+    def interrupt(_signal, _frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one shutdown at a time (a supervisor may repeat the signal)
+        shutil.rmtree(UPLOAD_DIR, ignore_errors=True)  # first, in case the server's shutdown hangs
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop_on_sigterm()
+    remove_stale_folders()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     model_id = os.environ.get("MODEL_ID", DEFAULT_MODEL)
     try:
@@ -221,15 +472,10 @@ def main() -> None:
         sys.exit(1)
     classifier.predict([Image.new("L", (classifier.image_size, classifier.image_size), 128)])  # warm-up
     model_name = "bundled model" if model_id == DEFAULT_MODEL else model_id
-    demo = build_demo(classifier, model_name, find_examples())
-    demo.queue(default_concurrency_limit=1, max_size=64).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
-        server_port=server_port(),
-        max_file_size=MAX_FILE_SIZE,
-        theme=gr.themes.Soft(),
-        footer_links=["api"],
-        prevent_thread_lock=True,
-    )
+    uploads = UploadFolder(UPLOAD_DIR)
+    demo = build_demo(classifier, model_name, find_examples(classifier), uploads)
+    serve(demo, server_name(), server_port())
+    uploads.start_purging()
     # Predictions are served from here on; the PyTorch model that Grad-CAM needs loads meanwhile
     # (a heatmap requested before it is ready waits for it).
     threading.Thread(target=classifier.load_model, name="load-pytorch-model", daemon=True).start()

@@ -1,6 +1,6 @@
 """Grad-CAM heatmaps: where in the image the evidence for PNEUMONIA came from.
 
-For ConvNeXt the map comes from the last stage's feature maps; for ViT from the last layer's patch
+For ConvNeXt and EfficientNet the map comes from the last feature maps; for ViT from the last layer's patch
 tokens laid back on their grid. A heatmap shows attention, not proof: it can expose a shortcut (a
 side marker, a text label) as easily as a real opacity.
 """
@@ -17,6 +17,8 @@ from chestxray.classifier import PneumoniaClassifier
 def _target_module(model) -> torch.nn.Module:
     if model.config.model_type == "convnext":
         return model.convnext.encoder.stages[-1]
+    if model.config.model_type == "efficientnet":
+        return model.efficientnet.encoder.top_activation  # the last feature maps, after the 1x1 head convolution
     layers = getattr(model.vit, "layers", None)  # transformers v5; v4 kept them in vit.encoder.layer
     return (layers if layers is not None else model.vit.encoder.layer)[-1]
 
@@ -63,19 +65,45 @@ def grad_cam(classifier: PneumoniaClassifier, image: Image.Image) -> np.ndarray:
     return (cam - cam.min()) / spread if spread > 1e-12 else np.zeros_like(cam)  # flat map: no localised evidence
 
 
+# A 'turbo'-like ramp (blue -> green -> yellow -> red), without a plotting dependency; the app's legend uses it too.
+COLORMAP_ANCHORS = ((48, 18, 59), (40, 140, 230), (30, 220, 130), (245, 220, 40), (220, 50, 20))
+# Evidence below this (relative map x probability) is left uncoloured: faint attributions are noise, and a
+# confidently NORMAL film should look like the plain radiograph.
+EVIDENCE_FLOOR = 0.15
+MAX_OPACITY = 0.6
+DISPLAY_SIDE = 512  # the overlay fits in this square, whatever the upload's size
+
+
 def _colormap(values: np.ndarray) -> np.ndarray:
-    """A 'turbo'-like blue -> green -> yellow -> red ramp, without a plotting dependency."""
-    anchors = np.array([[48, 18, 59], [40, 140, 230], [30, 220, 130], [245, 220, 40], [220, 50, 20]], dtype=float)
+    anchors = np.array(COLORMAP_ANCHORS, dtype=float)
     positions = np.linspace(0, 1, len(anchors))
     return np.stack([np.interp(values, positions, anchors[:, c]) for c in range(3)], axis=-1)
 
 
-def overlay(image: Image.Image, heatmap: np.ndarray, opacity: float = 0.45) -> np.ndarray:
-    """The heatmap over the grey image, at the image's own size, as RGB uint8.
+def evidence(heatmap: np.ndarray, pneumonia_probability: float) -> np.ndarray:
+    """The map on a scale shared by all images: Grad-CAM's relative map times P(PNEUMONIA).
 
-    Colours and blending weights are computed at the heatmap's small size and enlarged by PIL, so a
-    2000x1600 radiograph costs a few milliseconds rather than a full-resolution float pass.
+    Grad-CAM alone is normalised to each image's own maximum, so a film at 5 % would glow as red as one at
+    99 %. Scaled by the probability, colour means the same everywhere: 1 = the strongest evidence on a film
+    the model is sure of."""
+    return np.clip(heatmap * float(pneumonia_probability), 0.0, 1.0)
+
+
+def display_image(image: Image.Image, side: int = DISPLAY_SIDE) -> Image.Image:
+    """The upload reduced to fit a `side` square, as shown on the page (a 2000 px film needs no more)."""
+    shown = image.convert("L")
+    shown.thumbnail((side, side), Image.Resampling.BILINEAR)
+    return shown
+
+
+def overlay(image: Image.Image, heatmap: np.ndarray, opacity: float = MAX_OPACITY) -> np.ndarray:
+    """`heatmap` (values in [0, 1] on the shared scale of `evidence`) over the grey image, as RGB uint8 at the
+    image's size. Below `EVIDENCE_FLOOR` the radiograph shows through untouched.
+
+    Colours and weights are computed at the heatmap's small size and enlarged by PIL, so a big image costs
+    a few milliseconds rather than a full-resolution float pass.
     """
+    weight = np.clip((heatmap - EVIDENCE_FLOOR) / (1 - EVIDENCE_FLOOR), 0.0, 1.0) * opacity
     colours = Image.fromarray(_colormap(heatmap).astype(np.uint8), mode="RGB").resize(image.size, Image.Resampling.BILINEAR)
-    weights = Image.fromarray((heatmap * opacity * 255).astype(np.uint8), mode="L").resize(image.size, Image.Resampling.BILINEAR)
-    return np.asarray(Image.composite(colours, image.convert("RGB"), weights))  # cold areas stay the plain radiograph
+    weights = Image.fromarray((weight * 255).astype(np.uint8), mode="L").resize(image.size, Image.Resampling.BILINEAR)
+    return np.asarray(Image.composite(colours, image.convert("RGB"), weights))

@@ -143,8 +143,7 @@ def app_server(trained_model):
     classifier = PneumoniaClassifier.from_pretrained(trained_model)
     demo = app.build_demo(classifier, "tiny-test-model")
     port = free_port()
-    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                                                   max_file_size=app.MAX_FILE_SIZE, quiet=True)
+    app.serve(demo, "127.0.0.1", port, quiet=True)  # the app's own launch settings and limits
     yield f"http://127.0.0.1:{port}/", classifier
     demo.close()
 

@@ -92,9 +92,16 @@ def test_analyse_gives_label_words_and_a_heatmap_of_the_input_size(client, uploa
     confidences, words, heatmap_path, answer = client.predict(handle_file(str(uploads[0]["rectangular"])), api_name="/analyse")
     assert {c["label"] for c in confidences["confidences"]} == {"NORMAL", "PNEUMONIA"}
     assert f"Decision: **{answer['decision']}**" in words
-    assert "threshold" in words and "not a medical device" in words
+    assert "threshold" in words and "not a medical device" in answer["disclaimer"]
     heatmap = Image.open(heatmap_path)
-    assert heatmap.size == (300, 200) and heatmap.mode == "RGB"
+    assert heatmap.size == (300, 200) and heatmap.mode == "RGB" and heatmap.format == "JPEG"
+
+
+def test_heatmap_display_size_is_bounded_whatever_the_upload_size(client, tmp_path):
+    big = tmp_path / "big.png"
+    ImageOps.autocontrast(synthetic_xray(1, 5, size=96)).resize((1800, 1500)).save(big)
+    heatmap = Image.open(client.predict(handle_file(str(big)), api_name="/analyse")[2])
+    assert max(heatmap.size) == 512 and heatmap.size[0] > heatmap.size[1]
 
 
 @pytest.mark.parametrize("kind, message", [
@@ -122,7 +129,7 @@ def test_batch_table_and_csv_agree_with_single_predictions(client, uploads):
     assert PATIENT_NAME not in open(csv_path).read()
 
 
-def test_out_of_distribution_inputs_are_flagged(client, tmp_path):
+def test_what_is_not_a_chest_x_ray_gets_no_decision(client, tmp_path):
     blank = tmp_path / "blank.png"
     Image.new("L", (200, 200), 180).save(blank)
     photo = tmp_path / "photo.jpeg"
@@ -138,14 +145,26 @@ def test_out_of_distribution_inputs_are_flagged(client, tmp_path):
     for y in range(40, 460, 20):
         ImageDraw.Draw(page).text((30, y), "Dear colleague, please find the report attached " * 2, fill=10)
     page.save(document)
-    for path, reason in ((blank, "blank"), (photo, "colour"), (noise, "noise-like"), (document, "document")):
+    for path, reason in ((blank, "blank"), (photo, "colour_photo"), (noise, "noise"), (document, "document")):
         answer = client.predict(handle_file(str(path)), api_name="/predict")
-        assert answer["warning"].startswith("This does not look like a frontal chest X-ray") and reason in answer["warning"]
+        assert answer["decision"] is None and answer["pneumonia_probability"] is None and answer["confidences"] is None
+        assert answer["gate"] == "not_frontal_chest" and answer["gate_reason"] == reason and answer["message"]
+        confidences, words, heatmap, full = client.predict(handle_file(str(path)), api_name="/analyse")
+        assert heatmap is None and "No decision" in words and "NORMAL" not in words and "PNEUMONIA" not in words
 
 
-def test_named_endpoints_are_documented(client):
+def test_named_endpoints_are_documented_with_named_outputs(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/predict", "/analyse", "/predict_batch"} <= set(endpoints)
+    assert {"/predict", "/analyse", "/predict_batch"} == set(endpoints)  # the page's own events stay private
+    outputs = [item["label"] for item in endpoints["/analyse"]["returns"]]
+    assert outputs == ["Calibrated probabilities", "Decision", "Grad-CAM heatmap", "Prediction"]
+
+
+def test_batch_rows_say_what_happened_in_plain_text(client, uploads):
+    table, _ = client.predict([handle_file(str(uploads[1]["text"]))], api_name="/predict_batch")
+    file, probability, decision, note = table["data"][0]
+    assert decision == "not analysed" and probability is None
+    assert "is not an image" in note and "`" not in note
 
 
 def test_missing_model_is_one_clear_line(tmp_path):

@@ -1,12 +1,31 @@
-"""A person in a real browser: Debian's Chromium driven by Playwright uploads an X-ray and reads the answer."""
+"""A person in a real browser: Debian's Chromium driven by Playwright uploads X-rays and reads the answers.
+
+Set SCREENSHOT_DIR to keep the screenshots (they are how the page was looked at)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
-from conftest import synthetic_xray
+from conftest import REAL_DATA, synthetic_xray
+
+OOD_DATA = REAL_DATA.parent / "ood"
+requires_ood_data = pytest.mark.skipif(not (OOD_DATA / "hand").is_dir(), reason="real hand X-rays in ../shared/data/ood are absent")
+
+
+def held_out_hand_xray() -> Path:
+    """A hand X-ray the bundled gate was not fitted on (its held-out list), else the first one."""
+    import json
+
+    splits = Path(__file__).resolve().parents[1] / "model" / "ood_gate_splits.json"
+    hands = sorted((OOD_DATA / "hand").iterdir())
+    if splits.is_file():
+        held_out = {Path(name).name for name in json.loads(splits.read_text())["held_out"]["hand"]}
+        hands = [path for path in hands if path.name in held_out] or hands
+    return hands[0]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -24,36 +43,113 @@ def app_url(app_server):
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def browser():
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(app_url, wait_until="networkidle")
-        yield page
+        yield browser
         browser.close()
 
 
-def test_upload_shows_decision_probabilities_heatmap_and_disclaimer(page, tmp_path):
-    xray = tmp_path / "child_chest.png"
-    synthetic_xray(1, 99, size=128).save(xray)
-    assert "not a medical device" in page.locator("body").inner_text()
-    page.locator("#xray-upload input[type=file]").set_input_files(str(xray))
-    page.get_by_role("button", name="Analyse", exact=True).click()
+@pytest.fixture
+def page(browser, app_url):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(app_url, wait_until="networkidle")
+    yield page
+    page.close()
+
+
+def screenshot(page, tmp_path: Path, name: str) -> None:
+    folder = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+def upload(page, path: Path) -> None:
+    clear = page.locator("#xray-upload button[aria-label*='Clear' i]")
+    if clear.count():
+        clear.first.click()
+        page.locator("#xray-upload input[type=file]").wait_for(state="attached", timeout=10_000)
+    page.locator("#xray-upload input[type=file]").set_input_files(str(path))
+
+
+def good_xray(tmp_path: Path, name: str = "child_chest.png") -> Path:
+    path = tmp_path / name
+    synthetic_xray(1, 99, size=128).resize((400, 320)).save(path)
+    return path
+
+
+def test_an_upload_shows_the_picture_decision_probabilities_and_a_heatmap_with_its_legend(page, tmp_path):
+    body = page.locator("body").inner_text()
+    assert body.count("not a medical device") == 1  # said once, prominently
+    upload(page, good_xray(tmp_path))
     decision = page.locator("#decision")
     decision.get_by_text("Decision:").wait_for(timeout=30_000)
-    text = decision.inner_text()
-    assert "NORMAL" in text or "PNEUMONIA" in text
-    assert "operating threshold" in text
+    assert "operating threshold" in decision.inner_text()
     confidences = page.locator("#confidences").inner_text()
     assert "PNEUMONIA" in confidences and "NORMAL" in confidences
-    page.get_by_alt_text("What drove the PNEUMONIA score (Grad-CAM)").or_(page.locator("img[src*='image']")).first.wait_for(timeout=10_000)
-    page.screenshot(path=str(tmp_path / "single.png"), full_page=True)
+    page.locator("#upload-preview img").wait_for(timeout=10_000)
+    page.locator("#heatmap img").wait_for(timeout=10_000)
+    legend = page.locator("#heatmap-legend")
+    assert legend.is_visible() and "strong evidence for PNEUMONIA" in legend.inner_text()
+    assert page.locator("body").inner_text().count("not a medical device") == 1
+    screenshot(page, tmp_path, "single-xray")
 
 
-def test_a_bad_upload_shows_a_readable_error(page, tmp_path):
+def test_a_refused_upload_leaves_no_decision_of_the_previous_file_on_screen(page, tmp_path):
+    upload(page, good_xray(tmp_path))
+    page.locator("#decision").get_by_text("Decision:").wait_for(timeout=30_000)
     bad = tmp_path / "scan.png"
     bad.write_text("not an image at all")
-    page.locator("#xray-upload button[aria-label*='Clear'], #xray-upload button[aria-label*='clear']").first.click(timeout=5_000)
-    page.locator("#xray-upload input[type=file]").set_input_files(str(bad))
-    page.get_by_role("button", name="Analyse", exact=True).click()
-    page.get_by_text("is not an image").first.wait_for(timeout=30_000)
+    upload(page, bad)
+    page.locator("#decision").get_by_text("Cannot analyse this file").wait_for(timeout=30_000)
+    assert "is not an image" in page.locator("#decision").inner_text()
+    assert "Decision:" not in page.locator("body").inner_text()
+    assert not page.locator("#heatmap img").is_visible() and not page.locator("#confidences").is_visible()
+    assert not page.locator("#upload-preview img").count()
+    screenshot(page, tmp_path, "refused-upload")
+
+
+def test_clearing_the_upload_clears_the_answer(page, tmp_path):
+    upload(page, good_xray(tmp_path))
+    page.locator("#decision").get_by_text("Decision:").wait_for(timeout=30_000)
+    page.locator("#xray-upload button[aria-label*='Clear' i]").first.click()
+    page.wait_for_function("() => !document.body.innerText.includes('Decision:')", timeout=15_000)
+    assert not page.locator("#heatmap img").is_visible()
+
+
+def test_a_phone_sized_screen_shows_the_disclaimer_and_a_readable_footer(browser, app_url, tmp_path):
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(app_url, wait_until="networkidle")
+    assert "not a medical device" in page.locator("body").inner_text()
+    assert "Model:" in page.locator("#footer-note").inner_text()
+    screenshot(page, tmp_path, "phone")
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def bundled_app_url():
+    """The app on the bundled model, whose gate was fitted on real X-rays of other kinds."""
+    import app
+    from chestxray import PneumoniaClassifier
+    from conftest import free_port
+
+    classifier = PneumoniaClassifier.from_pretrained(app.DEFAULT_MODEL)
+    demo = app.build_demo(classifier, "bundled model")
+    port = free_port()
+    app.serve(demo, "127.0.0.1", port, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@requires_ood_data
+def test_a_hand_x_ray_gets_no_decision_on_screen(browser, bundled_app_url, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(bundled_app_url, wait_until="networkidle")
+    upload(page, held_out_hand_xray())
+    page.locator("#decision").get_by_text("No decision").wait_for(timeout=30_000)
+    body = page.locator("body").inner_text()
+    assert "Decision:" not in body and "PNEUMONIA" not in page.locator("#decision").inner_text()
+    assert not page.locator("#confidences").is_visible() and not page.locator("#heatmap img").is_visible()
+    page.locator("#upload-preview img").wait_for(timeout=10_000)  # the person still sees what they sent
+    screenshot(page, tmp_path, "hand-refused")
+    page.close()

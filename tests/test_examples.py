@@ -20,6 +20,15 @@ def test_examples_dir_gives_a_few_per_class_copied_to_the_temporary_area(tiny_im
     assert all(Path(p).is_relative_to(app.UPLOAD_DIR) for p in examples)
 
 
+def test_examples_prefer_images_the_model_was_not_trained_on(tiny_image_folder, trained_model, monkeypatch):
+    from chestxray import PneumoniaClassifier
+
+    monkeypatch.setenv("EXAMPLES_DIR", str(tiny_image_folder / "train"))
+    held_out = {line.split(",")[0] for line in (trained_model / "splits" / "validation.csv").read_text().splitlines()[1:]}
+    examples = app.find_examples(PneumoniaClassifier.from_pretrained(trained_model))
+    assert examples and all(Path(p).name.split("_", 1)[1] in held_out for p in examples)
+
+
 def test_no_examples_without_a_source(monkeypatch):
     monkeypatch.delenv("EXAMPLES_DIR", raising=False)
     monkeypatch.delenv("SPACE_ID", raising=False)

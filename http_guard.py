@@ -1,0 +1,91 @@
+"""HTTP limits for the public Space that Gradio's own settings do not cover.
+
+An ASGI middleware, so it sees every request before Gradio does:
+- an upload request may carry at most `max_upload_parts` files and `max_upload_bytes` in all: counted while
+  the body streams in, so a request over the limit is refused before its files are stored;
+- every response says `X-Content-Type-Options: nosniff` (a served file is never sniffed into HTML or script)
+  and sends no referrer.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+
+
+class UploadLimits:
+    """Counts the parts of a multipart body as it streams; raises 413 as soon as a limit is passed."""
+
+    def __init__(self, boundary: bytes, max_parts: int, max_bytes: int) -> None:
+        self.delimiter = b"--" + boundary
+        self.max_parts, self.max_bytes = max_parts, max_bytes
+        self.delimiters_seen, self.bytes_seen = 0, 0
+        self.tail = b""  # the end of the previous chunk: a delimiter may straddle two chunks
+
+    def feed(self, chunk: bytes) -> None:
+        self.bytes_seen += len(chunk)
+        if self.bytes_seen > self.max_bytes:
+            raise HTTPException(413, f"Upload too large: at most {self.max_bytes // 2**20} MB in one request.")
+        window = self.tail + chunk
+        self.delimiters_seen += window.count(self.delimiter) - self.tail.count(self.delimiter)
+        self.tail = window[-(len(self.delimiter) - 1):]
+        # n parts have n + 1 delimiters (the last one closes the body)
+        if self.delimiters_seen - 1 > self.max_parts:
+            raise HTTPException(413, f"Too many files in one upload: at most {self.max_parts}.")
+
+
+class HttpGuard:
+    def __init__(self, app: ASGIApp, max_upload_parts: int = 100, max_upload_bytes: int = 256 * 2**20) -> None:
+        self.app = app
+        self.max_upload_parts, self.max_upload_bytes = max_upload_parts, max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], *SECURITY_HEADERS]
+            await send(message)
+
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_headers(message)
+
+        try:
+            if scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/upload"):
+                receive = self._limited(scope, receive)
+            await self.app(scope, receive, send_tracked)
+        except HTTPException as refusal:  # a limit passed while the body streamed in
+            if started:
+                raise
+            await PlainTextResponse(refusal.detail, status_code=refusal.status_code)(scope, receive, send_with_headers)
+
+    def _limited(self, scope: Scope, receive: Receive) -> Receive:
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_upload_bytes:
+            raise HTTPException(413, f"Upload too large: at most {self.max_upload_bytes // 2**20} MB in one request.")
+        content_type = headers.get("content-type", "")
+        boundary = next((part.split("=", 1)[1].strip('"') for part in content_type.split(";")
+                         if part.strip().startswith("boundary=")), None)
+        if not boundary:
+            return receive  # not multipart: Gradio refuses it itself
+        limits = UploadLimits(boundary.encode("latin-1"), self.max_upload_parts, self.max_upload_bytes)
+
+        async def counted() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                limits.feed(message.get("body", b""))
+            return message
+
+        return counted

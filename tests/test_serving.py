@@ -1,0 +1,128 @@
+"""The public Space's limits, tried as an attacker would: against the launched app on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import handle_file
+
+import app
+from conftest import free_port, synthetic_xray
+
+
+@pytest.fixture(scope="module")
+def url(app_server):
+    return app_server[0]
+
+
+def upload(url: str, files: list[tuple[str, bytes]]) -> httpx.Response:
+    return httpx.post(f"{url}gradio_api/upload", files=[("files", (name, data)) for name, data in files], timeout=30)
+
+
+def png_bytes(tmp_path: Path, name: str) -> bytes:
+    path = tmp_path / name
+    synthetic_xray(1, 3, size=64).save(path)
+    return path.read_bytes()
+
+
+def test_no_rest_route_around_the_queue(url):
+    response = httpx.post(f"{url}gradio_api/run/predict", json={"data": [None]}, timeout=30)
+    assert response.status_code != 200
+
+
+def test_run_history_and_monitoring_are_off(url):
+    assert httpx.get(f"{url}gradio_api/runs", timeout=30).status_code != 200
+    assert httpx.get(f"{url}monitoring", timeout=30).status_code != 200
+
+
+def test_responses_are_never_sniffed(url):
+    assert httpx.get(url, timeout=30).headers["x-content-type-options"] == "nosniff"
+
+
+def test_an_upload_of_too_many_files_is_refused_before_any_is_stored(url, tmp_path):
+    response = upload(url, [(f"part{i}.png", b"x" * 64) for i in range(app.MAX_BATCH_FILES + 1)])
+    assert response.status_code == 413 and "Too many files" in response.text
+    # Parts already streamed sit in the parser's spool files only (never stored under a name Gradio serves),
+    # and the purge removes them with every other stale file.
+    assert not any(p.name.startswith("part") for p in Path(app.UPLOAD_DIR).rglob("*"))
+    app.UploadFolder(app.UPLOAD_DIR).purge(max_age_s=0)
+    assert not [p for p in Path(app.UPLOAD_DIR).iterdir() if p.is_file()]
+    assert upload(url, [("ok.png", png_bytes(tmp_path, "ok.png"))]).status_code == 200  # still serving
+
+
+def test_an_answered_upload_is_deleted_and_cannot_be_fetched(url, app_client, tmp_path):
+    name = "delete-me-after-answer.png"
+    data = png_bytes(tmp_path, name)
+    (server_path,) = upload(url, [(name, data)]).json()
+    assert Path(server_path).is_file()
+    answer = app_client.predict(handle_file(str(tmp_path / name)), api_name="/predict")
+    assert answer["decision"] in ("NORMAL", "PNEUMONIA")
+    assert not any(p.name == name for p in Path(app.UPLOAD_DIR).rglob("*"))  # both copies are gone
+    assert httpx.get(f"{url}gradio_api/file={server_path}", timeout=30).status_code != 200
+
+
+def test_unanswered_uploads_and_old_outputs_are_purged_but_examples_stay(tmp_path):
+    folder = app.UploadFolder(str(tmp_path))
+    stale = tmp_path / "abc123" / "never-answered.dcm"
+    example = tmp_path / f"{app.EXAMPLES_PREFIX}x" / "normal.jpeg"
+    for path in (stale, example):
+        path.parent.mkdir()
+        path.write_bytes(b"data")
+        os.utime(path, (time.time() - 120, time.time() - 120))
+    fresh = tmp_path / "fresh.csv"
+    fresh.write_text("file")
+    folder.purge(max_age_s=60)
+    assert not stale.exists() and not stale.parent.exists()
+    assert example.exists() and fresh.exists()
+
+
+def test_folders_of_a_killed_app_are_removed_at_the_next_start(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left_behind = tmp_path / f"{app.TEMP_PREFIX}{dead.pid}-abc"
+    alive = tmp_path / f"{app.TEMP_PREFIX}{os.getpid()}-def"
+    for folder in (left_behind, alive):
+        folder.mkdir()
+        (folder / "scan.dcm").write_bytes(b"patient data")
+    app.remove_stale_folders(str(tmp_path))
+    assert not left_behind.exists() and alive.exists()
+
+
+def test_loopback_by_default_all_interfaces_on_a_space(monkeypatch):
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert app.server_name() == "127.0.0.1"
+    monkeypatch.setenv("SPACE_ID", "user/space")
+    assert app.server_name() == "0.0.0.0"
+
+
+def test_sigterm_removes_every_upload_like_ctrl_c(trained_model, tmp_path):
+    port = free_port()
+    env = {**os.environ, "MODEL_ID": str(trained_model), "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "app.py"], env=env, cwd=Path(app.__file__).parent,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        (stored,) = upload(url, [("patient.dcm", b"DICM" * 100)]).json()  # an upload nobody asked to analyse
+        assert Path(stored).is_file()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    folders = list(Path(stored).parents)
+    upload_root = next(p for p in folders if p.name.startswith(f"{app.TEMP_PREFIX}{process.pid}-"))
+    assert not upload_root.exists()
