@@ -47,9 +47,11 @@ def bundled_model_on_sample(alter=lambda image: image):
     (predictions, labels, probabilities, called PNEUMONIA at the stored threshold)."""
     classifier = PneumoniaClassifier.from_pretrained(BUNDLED_MODEL)
     sample = validation_sample()
-    predictions = classifier.predict([alter(read_image(path)) for path, _ in sample])
+    images = [alter(read_image(path)) for path, _ in sample]
+    predictions = classifier.predict(images)
     labels = np.array([label for _, label in sample])
-    probabilities = np.array([p.pneumonia_probability for p in predictions])
+    # The network's own score, also for the few images the gate would not answer: this measures the model.
+    probabilities = classifier.calibrated_probabilities(classifier.logits(images))
     return predictions, labels, probabilities, probabilities >= classifier.threshold
 
 
@@ -73,3 +75,17 @@ def test_bundled_model_threshold_holds_on_a_tighter_framing():
     assert roc_auc_score(labels, probabilities) >= 0.97
     assert called[labels == 1].mean() >= 0.93
     assert (~called[labels == 0]).mean() >= 0.80
+
+
+@requires_real_data
+def test_transformers_pipeline_gives_the_apps_calibrated_probability():
+    """The calibration is folded into the head: `pipeline()` and the Hub widget agree with the app."""
+    from transformers import pipeline
+
+    classifier = PneumoniaClassifier.from_pretrained(BUNDLED_MODEL)
+    assert classifier.temperature == 1.0 and classifier.bias == 0.0  # nothing left to apply on top
+    files = [path for path, _ in validation_sample()[:24]]
+    core = [p.pneumonia_probability for p in classifier.predict([classifier.read(f) for f in files])]
+    hub = pipeline("image-classification", model=str(BUNDLED_MODEL), device="cpu")
+    widget = [{r["label"]: r["score"] for r in hub(str(f))}["PNEUMONIA"] for f in files]
+    assert np.max(np.abs(np.array(core) - np.array(widget))) < 1e-3

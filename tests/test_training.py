@@ -80,7 +80,7 @@ def test_splits_keep_each_patient_on_one_side_and_never_touch_test(trained_model
     assert not (train | validation) & test
 
 
-def test_card_carries_the_measured_numbers(trained_model):
+def test_card_carries_the_measured_numbers(trained_model, tiny_image_folder):
     values = model_index_values(trained_model)
     for split in ("validation", "test"):
         measured = json.loads((trained_model / f"metrics_{split}.json").read_text())["metrics"]
@@ -88,8 +88,12 @@ def test_card_carries_the_measured_numbers(trained_model):
             assert values[(split, metric)] == pytest.approx(measured[metric], abs=1e-4)
     metadata = card_metadata(trained_model)
     assert metadata["pipeline_tag"] == "image-classification"
-    assert metadata["datasets"] == ["hf-vision/chest-xray-pneumonia"]
+    assert "datasets" not in metadata  # trained from a local folder not declared a copy of a Hub dataset
+    assert {entry["dataset"]["type"] for entry in metadata["model-index"][0]["results"]} == {"imagefolder"}
+    assert all("`" not in entry["dataset"]["name"] and "/" not in entry["dataset"]["name"]
+               for entry in metadata["model-index"][0]["results"])  # Hub metadata: no local paths, no Markdown
     text = (trained_model / "README.md").read_text()
+    assert str(tiny_image_folder) not in text and str(tiny_image_folder.parent) not in text  # no local path either
     assert "not a medical device" in text
     assert "Trained from scratch" in text
     assert "patient-level hold-out" in text

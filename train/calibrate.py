@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 from transformers import HfArgumentParser
 
-from chestxray.classifier import PneumoniaClassifier
-from train.calibration import OperatingPoint, choose_threshold, fit_calibration, positive_probabilities
+from chestxray.classifier import FOLDED_CALIBRATION_KEY, PneumoniaClassifier
+from train.calibration import OperatingPoint, calibrated_logits, choose_threshold, fit_calibration, positive_probabilities
 
 
 def select_operating_point(classifier: PneumoniaClassifier, logits: np.ndarray, labels: np.ndarray, strategy: str,
                            min_sensitivity: float, fixed_threshold: float) -> OperatingPoint:
-    """Temperature and bias, then threshold, on validation only; written into the model's config."""
+    """Temperature and bias, then threshold, on validation only; the calibration is folded into the head
+    and the threshold written into the model's config."""
     temperature, bias = fit_calibration(logits, labels)
     scores = positive_probabilities(logits, temperature, bias, classifier.positive_index)
     threshold, sensitivity, specificity = choose_threshold(labels, scores, strategy, min_sensitivity, fixed_threshold)
@@ -30,10 +32,39 @@ def select_operating_point(classifier: PneumoniaClassifier, logits: np.ndarray, 
         threshold=float(threshold), temperature=temperature, bias=bias, strategy=strategy,
         min_sensitivity=min_sensitivity if strategy == "youden_at_min_sensitivity" else None,
         validation_sensitivity=sensitivity, validation_specificity=specificity)
-    config = classifier.model.config
-    config.decision_threshold, config.calibration_temperature, config.calibration_bias = threshold, temperature, bias
-    classifier.threshold, classifier.temperature, classifier.bias = point.threshold, temperature, bias
+    fold_calibration(classifier, temperature, bias)
+    classifier.model.config.decision_threshold = classifier.threshold = point.threshold
     return point
+
+
+def fold_calibration(classifier: PneumoniaClassifier, temperature: float, bias: float) -> None:
+    """Divide the head by T and add the bias to its PNEUMONIA output, so the network itself gives calibrated
+    logits: `pipeline()`, the Hub widget and ONNX then agree with the app without applying anything.
+
+    Applied on top of the config's own (unfolded) calibration, if any; the config then asks for none
+    (temperature 1, bias 0) and records the total in `calibration_folded_into_head` for provenance.
+    """
+    head, config = classifier.model.classifier, classifier.model.config
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"Cannot fold the calibration into a {type(head).__name__} head (expected a linear layer).")
+    # Whatever the config still asks for is folded first: raw / T0 + b0, then / T + b.
+    total_temperature = classifier.temperature * temperature
+    total_bias = classifier.bias / temperature + bias
+    with torch.no_grad():
+        head.weight.div_(total_temperature)
+        head.bias.div_(total_temperature)
+        head.bias[classifier.positive_index] += total_bias
+    earlier = getattr(config, FOLDED_CALIBRATION_KEY, None) or {"temperature": 1.0, "bias": 0.0}
+    setattr(config, FOLDED_CALIBRATION_KEY, {"temperature": earlier["temperature"] * total_temperature,
+                                             "bias": earlier["bias"] / total_temperature + total_bias})
+    config.calibration_temperature, config.calibration_bias = 1.0, 0.0
+    classifier.temperature, classifier.bias = 1.0, 0.0
+    classifier.onnx_network = None  # an export of the old head would no longer match
+
+
+def folded_logits(logits: np.ndarray, point: OperatingPoint, positive_index: int = 1) -> np.ndarray:
+    """What the head outputs after `fold_calibration`, from logits computed before it."""
+    return calibrated_logits(logits, point.temperature, point.bias, positive_index)
 
 
 @dataclass
@@ -46,6 +77,9 @@ class CalibrateArguments:
     threshold_strategy: str = field(default="youden_at_min_sensitivity", metadata={"help": "youden_at_min_sensitivity, youden or fixed."})
     min_sensitivity: float = field(default=0.95, metadata={"help": "Sensitivity floor for the threshold."})
     fixed_threshold: float = field(default=0.5, metadata={"help": "Threshold for `fixed`."})
+    refit: bool = field(
+        default=True, metadata={"help": "Refit on labelled images. `--refit false` only folds the calibration an older "
+                                "folder keeps in its config into the head (no data needed)."})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,9 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     from train.data import drop_unreadable, load_raw_dataset, split_membership
     from train.report import dataset_logits, evaluate_split
 
-    (args,) = HfArgumentParser(CalibrateArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = HfArgumentParser(CalibrateArguments, prog="python -m train.calibrate").parse_args_into_dataclasses(args=argv)
     model_dir = Path(args.model_dir)
     classifier = PneumoniaClassifier.from_pretrained(model_dir)
+    if not args.refit:
+        fold_calibration(classifier, 1.0, 0.0)
+        save_weights(classifier, model_dir)
+        print(f"{model_dir}: calibration folded into the head; decision threshold {classifier.threshold:.4f} kept.")
+        return 0
     raw = load_raw_dataset(args.dataset_name, args.data_dir)
     if args.split:
         dataset, _ = drop_unreadable(raw[args.split], args.split)
@@ -66,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     logits = dataset_logits(classifier, dataset)
     point = select_operating_point(classifier, logits, np.asarray(dataset["label"]), args.threshold_strategy,
                                    args.min_sensitivity, args.fixed_threshold)
-    classifier.model.config.save_pretrained(model_dir)
-    evaluate_split(classifier, dataset, "validation", description, model_dir, logits)
+    save_weights(classifier, model_dir)
+    evaluate_split(classifier, dataset, "validation", description, model_dir,
+                   folded_logits(logits, point, classifier.positive_index))
     if (model_dir / SUMMARY_FILE).is_file():
         import json
 
@@ -77,6 +117,17 @@ def main(argv: list[str] | None = None) -> int:
         render_card(model_dir)
     print(f"{model_dir}: {point}")
     return 0
+
+
+def save_weights(classifier: PneumoniaClassifier, model_dir: Path) -> None:
+    """The refolded head changes the weights: save them, and re-export ONNX if the folder had an export."""
+    from chestxray.runtime import ONNX_FILE
+    from train.export_onnx import export_onnx
+
+    had_onnx = (model_dir / ONNX_FILE).is_file()
+    classifier.model.save_pretrained(model_dir, safe_serialization=True)
+    if had_onnx:
+        export_onnx(classifier, model_dir)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from chestxray.ood import GATE_CONFIG_FILE
 from chestxray.runtime import ONNX_FILE
 from train.shifts import ROBUSTNESS_FILE
 
@@ -18,6 +19,7 @@ TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_card.md"
 SUMMARY_FILE = "training_summary.json"
 CARD_METRICS = {"roc_auc": "ROC-AUC", "accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1"}
 DEFAULT_SPACE_ID = "YOUR_USER/pneumonia-xray-demo"
+DATASET_NAME = "Chest X-ray pneumonia (Kermany et al.)"
 
 
 def _fmt(value) -> str:
@@ -30,13 +32,14 @@ def load_reports(model_dir: Path) -> list[dict]:
     return sorted(reports, key=lambda report: (report["split"] != "validation", report["split"]))
 
 
-def eval_results(reports: list[dict], dataset_id: str) -> list[EvalResult]:
+def eval_results(reports: list[dict], dataset_id: str | None) -> list[EvalResult]:
+    """The model-index: Hub metadata, so plain names only (no local paths, no Markdown)."""
     return [
         EvalResult(
             task_type="image-classification",
             task_name="Pneumonia classification",
-            dataset_type=dataset_id,
-            dataset_name=report["dataset"],
+            dataset_type=dataset_id or "imagefolder",
+            dataset_name=DATASET_NAME,
             dataset_split=report["split"],
             metric_type=metric,
             metric_name=name,
@@ -60,10 +63,10 @@ def render_card(model_dir: str | Path, repo_id: str | None = None, space_id: str
         library_name="transformers",
         pipeline_tag="image-classification",
         tags=["medical-imaging", "chest-x-ray", "pneumonia", "image-classification", summary["model_type"]],
-        datasets=[summary["dataset_id"]],
+        datasets=[summary["dataset_id"]] if summary.get("dataset_id") else None,
         base_model=summary.get("base_model"),
         metrics=["roc_auc", "accuracy", "recall", "precision", "f1"],
-        eval_results=eval_results(reports, summary["dataset_id"]) or None,
+        eval_results=eval_results(reports, summary.get("dataset_id")) or None,
     )
     card = ModelCard.from_template(
         card_data,
@@ -75,6 +78,7 @@ def render_card(model_dir: str | Path, repo_id: str | None = None, space_id: str
         reports=reports,
         has_onnx=(model_dir / ONNX_FILE).is_file(),
         robustness=json.loads((model_dir / ROBUSTNESS_FILE).read_text()) if (model_dir / ROBUSTNESS_FILE).is_file() else None,
+        gate=json.loads((model_dir / GATE_CONFIG_FILE).read_text()) if (model_dir / GATE_CONFIG_FILE).is_file() else None,
         **{key: value for key, value in summary.items() if key not in ("hub_model_id", "space_id")},
     )
     card.save(model_dir / "README.md")

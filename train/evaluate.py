@@ -12,7 +12,7 @@ from transformers import HfArgumentParser
 
 from chestxray.classifier import ModelLoadError, PneumoniaClassifier
 from train.card import SUMMARY_FILE, render_card
-from train.data import drop_unreadable, load_raw_dataset
+from train.data import drop_unreadable, load_raw_dataset, split_membership
 from train.report import evaluate_split
 
 
@@ -47,18 +47,32 @@ def run(args: EvaluationArguments) -> dict:
         output_dir = model_folder
     else:
         output_dir = Path(args.output_dir or Path("evaluation") / Path(str(args.model).rstrip("/")).name)
-    source = args.dataset_name or args.data_dir
+    source = args.dataset_name or f"the local image folder `{Path(args.data_dir).name}`"
+    seen = trained_on_fraction(dataset, model_folder)
+    if seen:
+        print(f"warning: {seen:.0%} of these {len(dataset)} images were in this model's training set "
+              f"(splits/train.csv): the figures are optimistic, not an evaluation.", file=sys.stderr)
     report = evaluate_split(classifier, dataset, args.split, f"`{args.split}` split of {source}", output_dir)
     report["skipped_files"] = skipped
+    report["trained_on_fraction"] = seen
     (output_dir / f"metrics_{args.split}.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.update_card:
         render_card(model_folder)
     return report
 
 
+def trained_on_fraction(dataset, model_folder: Path) -> float:
+    """Share of `dataset` listed in the model's own `splits/train.csv` (0 when the folder has none)."""
+    train_list = model_folder / "splits" / "train.csv"
+    if not train_list.is_file() or not len(dataset):
+        return 0.0
+    trained, _ = split_membership(dataset, train_list)
+    return len(trained) / len(dataset)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        (args,) = HfArgumentParser(EvaluationArguments).parse_args_into_dataclasses(args=argv)
+        (args,) = HfArgumentParser(EvaluationArguments, prog="python -m train.evaluate").parse_args_into_dataclasses(args=argv)
         report = run(args)
     except (ModelLoadError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -82,7 +82,7 @@ def sample_grid(dataset, per_class: int, seed: int, path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        (args,) = HfArgumentParser(ExploreArguments).parse_args_into_dataclasses(args=argv)
+        (args,) = HfArgumentParser(ExploreArguments, prog="python -m train.explore").parse_args_into_dataclasses(args=argv)
         raw = load_raw_dataset(args.dataset_name, args.data_dir)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -56,7 +56,7 @@ class ExportArguments:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (args,) = HfArgumentParser(ExportArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = HfArgumentParser(ExportArguments, prog="python -m train.export_onnx").parse_args_into_dataclasses(args=argv)
     try:
         classifier = PneumoniaClassifier.from_pretrained(args.model_dir, runtime="pytorch")
         path = export_onnx(classifier, args.model_dir)

@@ -30,7 +30,7 @@ def training_curves(log_history: list[dict], path: Path) -> str | None:
         return None
     figure, (loss_axis, auc_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
     if train:
-        loss_axis.plot(*zip(*train), marker="o", label="train")
+        loss_axis.plot(*zip(*train), linewidth=1, label="train")  # logged many times an epoch
     if evals:
         loss_axis.plot([e for e, _, _ in evals], [l for _, l, _ in evals], marker="o", label="validation")
         auc_axis.plot([e for e, _, _ in evals], [a for _, _, a in evals], marker="o", color="tab:green")

@@ -65,7 +65,7 @@ def push_model_folder(model_dir: str | Path, repo_id: str, private: bool = False
 
 
 def main(argv: list[str] | None = None) -> int:
-    (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = HfArgumentParser(PushArguments, prog="python -m train.push").parse_args_into_dataclasses(args=argv)
     try:
         url = push_model_folder(args.model_dir, args.repo_id, args.private, args.commit_message)
     except PushError as error:

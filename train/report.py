@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from chestxray.classifier import PneumoniaClassifier
+from chestxray.classifier import FOLDED_CALIBRATION_KEY, PneumoniaClassifier
 from train import figures
 from train.calibration import expected_calibration_error, positive_probabilities
 from train.data import load_image
@@ -36,18 +36,28 @@ def dataset_logits(classifier: PneumoniaClassifier, dataset: Dataset, batch_size
     return (all_logits, torch.cat(features) if features else torch.zeros(0, 0)) if with_features else all_logits
 
 
+def uncalibrated_logits(logits: np.ndarray, folded: dict | None, positive_index: int) -> np.ndarray:
+    """The network's logits before calibration: a head with the calibration folded in is unfolded."""
+    if not folded:
+        return logits
+    raw = np.array(logits, dtype=float)
+    raw[:, positive_index] -= folded["bias"]
+    return raw * folded["temperature"]
+
+
 def evaluate_split(classifier: PneumoniaClassifier, dataset: Dataset, split: str, dataset_description: str,
                    output_dir: Path, logits: np.ndarray | None = None) -> dict:
     """Score `dataset` at the model's stored temperature and threshold; write `metrics_<split>.json` and PNGs."""
     if logits is None:
         logits = dataset_logits(classifier, dataset)
     labels = np.asarray(dataset["label"])
-    raw = positive_probabilities(logits, 1.0, 0.0, classifier.positive_index)
+    folded = getattr(classifier.config, FOLDED_CALIBRATION_KEY, None)
+    raw = positive_probabilities(uncalibrated_logits(logits, folded, classifier.positive_index), 1.0, 0.0, classifier.positive_index)
     calibrated = classifier.calibrated_probabilities(torch.from_numpy(logits))  # exactly what the app computes
     metrics = load_metric().compute(references=labels, prediction_scores=calibrated, threshold=classifier.threshold)
     metrics["ece"] = expected_calibration_error(labels, calibrated)
     metrics["ece_before_temperature"] = expected_calibration_error(labels, raw)
-    metrics["temperature"], metrics["bias"] = classifier.temperature, classifier.bias
+    metrics["temperature"], metrics["bias"] = (folded["temperature"], folded["bias"]) if folded else (classifier.temperature, classifier.bias)
     metrics["normal_count"], metrics["pneumonia_count"] = int((labels == 0).sum()), int((labels == 1).sum())
     output_dir.mkdir(parents=True, exist_ok=True)
     figure_files = {
