@@ -229,6 +229,12 @@ def nested_item_bomb(count: int = 500_000) -> bytes:
     return dicom_bytes(elements)
 
 
+def jpeg2000_size_bomb() -> bytes:
+    """A JPEG 2000 DICOM whose frame is too big to decode within the CPU budget (~0.2 s per MB of noise)."""
+    frame = np.random.default_rng(0).integers(0, 256, 11 * 2**20, dtype=np.uint8).tobytes()
+    return dicom_bytes(image_elements(changes={0x7FE00010: ("raw", encapsulated(frame))}), "1.2.840.10008.1.2.4.90")
+
+
 def ztxt_bomb(kind: str = "zTXt") -> bytes:
     info = PngInfo()
     if kind == "zTXt":
@@ -249,6 +255,7 @@ BOMBS = {
     "DICOM header, 1M elements": ("elements.dcm", header_element_bomb, "header too large"),
     "DICOM header, 500k items": ("items.dcm", nested_item_bomb, "header too large"),
     "TIFF with 40,001 pages": ("pages.tiff", many_ifd_tiff, "more than 10 frames"),
+    "JPEG 2000 DICOM, 11 MB frame": ("j2k.dcm", jpeg2000_size_bomb, "MB compressed"),
     "PNG zTXt bomb": ("ztxt.png", ztxt_bomb, "text metadata too large"),
     "PNG iTXt bomb": ("itxt.png", lambda: ztxt_bomb("iTXt"), "text metadata too large"),
     # The largest images that pass: read, and still within the budget.
