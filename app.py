@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 # Every upload and every output file lives in this private folder: each upload is deleted as soon as it is
@@ -88,17 +89,31 @@ class UploadFolder:
     def __init__(self, root: str) -> None:
         self.root = Path(root).resolve()
         self.protected: set[str] = set()  # Gradio's cached copies of the examples
+        # Identical files are stored at one path: how many uploads of each are still waiting for their answer.
+        self.waiting: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def register(self, paths: list[str]) -> None:
+        """Called for every stored upload (by the HTTP guard), before any request can use it."""
+        with self.lock:
+            self.waiting.update(str(Path(path).resolve()) for path in paths)
 
     def is_example(self, file: Path) -> bool:
         return str(file) in self.protected or any(part.startswith(EXAMPLES_PREFIX) for part in file.relative_to(self.root).parts)
 
     def discard(self, path: str | None) -> None:
-        """Delete an answered upload (and its per-upload folder), unless it is an example."""
+        """Delete an answered upload (and its per-upload folder), unless it is an example or another upload of the
+        same file is still waiting for its answer."""
         if not path:
             return
         file = Path(path).resolve()
         if self.root not in file.parents or self.is_example(file):
             return
+        with self.lock:
+            self.waiting[str(file)] -= 1
+            if self.waiting[str(file)] > 0:
+                return
+            del self.waiting[str(file)]
         file.unlink(missing_ok=True)
         if file.parent != self.root:
             shutil.rmtree(file.parent, ignore_errors=True)
@@ -110,6 +125,8 @@ class UploadFolder:
             try:
                 if file.is_file() and not self.is_example(file) and file.stat().st_mtime < cutoff:
                     file.unlink()
+                    with self.lock:
+                        self.waiting.pop(str(file.resolve()), None)  # an upload nobody asked about
             except OSError:
                 continue
         for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
@@ -301,6 +318,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
         gr.Markdown(f"Model: {card_link(classifier, model_name)}. From code: “Use via API” below, or the About & API tab.",
                     elem_id="footer-note")
     uploads.protected = {path for block in demo.blocks.values() for path in getattr(block, "keep_in_cache", set())}
+    demo.uploads = uploads  # the HTTP guard reports stored uploads to it (see `serve`)
     return demo
 
 
@@ -442,7 +460,7 @@ def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
         footer_links=["api"],
         run_history=False,
         enable_monitoring=False,
-        app_kwargs={"middleware": [Middleware(HttpGuard, max_upload_parts=MAX_BATCH_FILES)]},
+        app_kwargs={"middleware": [Middleware(HttpGuard, max_upload_parts=MAX_BATCH_FILES, on_uploaded=demo.uploads.register)]},
         prevent_thread_lock=True,
         quiet=quiet,
     )

@@ -4,10 +4,15 @@ An ASGI middleware, so it sees every request before Gradio does:
 - an upload request may carry at most `max_upload_parts` files and `max_upload_bytes` in all: counted while
   the body streams in, so a request over the limit is refused before its files are stored;
 - every response says `X-Content-Type-Options: nosniff` (a served file is never sniffed into HTML or script)
-  and sends no referrer.
+  and sends no referrer;
+- the paths an upload was stored at are reported to `on_uploaded`: identical files share one path, so the app
+  counts them and deletes a file only when the last request that uploaded it has been answered.
 """
 
 from __future__ import annotations
+
+import json
+from typing import Callable
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -39,9 +44,11 @@ class UploadLimits:
 
 
 class HttpGuard:
-    def __init__(self, app: ASGIApp, max_upload_parts: int = 100, max_upload_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, app: ASGIApp, max_upload_parts: int = 100, max_upload_bytes: int = 256 * 2**20,
+                 on_uploaded: Callable[[list[str]], None] | None = None) -> None:
         self.app = app
         self.max_upload_parts, self.max_upload_bytes = max_upload_parts, max_upload_bytes
+        self.on_uploaded = on_uploaded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,11 +71,34 @@ class HttpGuard:
         try:
             if scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/upload"):
                 receive = self._limited(scope, receive)
+                if self.on_uploaded is not None:
+                    send_tracked = self._reporting_stored_paths(send_tracked)
             await self.app(scope, receive, send_tracked)
         except HTTPException as refusal:  # a limit passed while the body streamed in
             if started:
                 raise
             await PlainTextResponse(refusal.detail, status_code=refusal.status_code)(scope, receive, send_with_headers)
+
+    def _reporting_stored_paths(self, send: Send) -> Send:
+        """Reads the upload's answer (a small JSON list of stored paths) as it passes, and reports the paths."""
+        status, body = 0, bytearray()
+
+        async def reporting(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and status == 200:
+                body.extend(message.get("body", b""))
+                if not message.get("more_body"):
+                    try:
+                        paths = json.loads(bytes(body))
+                    except ValueError:
+                        paths = None
+                    if isinstance(paths, list):
+                        self.on_uploaded([path for path in paths if isinstance(path, str)])
+            await send(message)
+
+        return reporting
 
     def _limited(self, scope: Scope, receive: Receive) -> Receive:
         headers = Headers(scope=scope)
