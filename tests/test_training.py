@@ -221,3 +221,13 @@ def test_card_shows_the_threshold_under_acquisition_shifts(trained_model, tiny_i
         assert again == pytest.approx(before, abs=0.01)
     assert "| gamma 0.7 |" in capsys.readouterr().out
     assert "Robustness to acquisition shifts" in (model / "README.md").read_text()
+
+
+def test_evaluating_on_training_images_warns_that_they_were_trained_on(trained_model, tiny_image_folder, tmp_path, capsys):
+    code = evaluate_main(["--model", str(trained_model), "--data_dir", str(tiny_image_folder), "--split", "train",
+                          "--output_dir", str(tmp_path / "evaluation")])
+    assert code == 0
+    warning = capsys.readouterr().err
+    assert "were in this model's training set" in warning
+    report = json.loads((tmp_path / "evaluation" / "metrics_train.json").read_text())
+    assert 0.5 < report["trained_on_fraction"] < 1.0  # validation was carved from the same split
