@@ -98,13 +98,20 @@ class BrowserProtocol:
         self.endpoints = {d["api_name"]: d["id"] for d in dependencies if d.get("api_name")}
 
     def call(self, api_name: str, data: bytes, file_name: str = "upload.jpeg") -> list:
+        return self.answer(api_name, self.upload(data, file_name))
+
+    def upload(self, data: bytes, file_name: str = "upload.jpeg") -> str:
+        """The path the server stored the file at."""
+        return self.http.post(f"{self.url}/gradio_api/upload", files={"files": (file_name, data)}).json()[0]
+
+    def answer(self, api_name: str, stored_path: str) -> list:
+        """Join the queue for an uploaded file and read the event stream to its result."""
         import json
         import uuid
 
-        uploaded = self.http.post(f"{self.url}/gradio_api/upload", files={"files": (file_name, data)}).json()[0]
         session = uuid.uuid4().hex
         self.http.post(f"{self.url}/gradio_api/queue/join", json={
-            "data": [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}], "fn_index": self.endpoints[api_name],
+            "data": [{"path": stored_path, "meta": {"_type": "gradio.FileData"}}], "fn_index": self.endpoints[api_name],
             "session_hash": session, "event_data": None, "trigger_id": None}).raise_for_status()
         with self.http.stream("GET", f"{self.url}/gradio_api/queue/data", params={"session_hash": session}) as stream:
             for line in stream.iter_lines():
