@@ -217,43 +217,47 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
         finally:
             uploads.discard(path)  # the decoded image is all that is needed: the file goes now
 
-    def heatmap_for(image: Image.Image, prediction) -> np.ndarray | None:
+    def heatmap_for(image: Image.Image, prediction, shown: Image.Image | None = None) -> np.ndarray | None:
+        """The heatmap over `shown` (the upload as displayed), or None when the gate refused the image."""
         if refused(prediction):
             return None
-        shown = display_image(image)
+        shown = shown if shown is not None else display_image(image)
         return overlay(shown, evidence(grad_cam(classifier, image), prediction.pneumonia_probability))
 
-    def predict(path: str | None) -> dict:
+    def read_for_api(path: str | None) -> Image.Image:
         try:
-            image = read_upload(path)
+            return read_upload(path)
         except ImageReadError as error:
             raise user_error(str(error)) from None
-        return prediction_json(classifier.predict([image])[0], model_name)
+
+    def predict(path: str | None) -> dict:
+        return prediction_json(classifier.predict([read_for_api(path)])[0], model_name)
 
     def analyse(path: str | None):
-        try:
-            image = read_upload(path)
-        except ImageReadError as error:
-            raise user_error(str(error)) from None
+        image = read_for_api(path)
         prediction = classifier.predict([image])[0]
         probabilities = None if refused(prediction) else prediction.probabilities
         return probabilities, decision_markdown(prediction), heatmap_for(image, prediction), prediction_json(prediction, model_name)
 
+    def cleared(decision_text: str) -> tuple:
+        """No picture, bars, heatmap, legend or JSON: only `decision_text` where the decision goes."""
+        hidden = gr.update(value=None, visible=False)
+        return None, hidden, decision_text, hidden, gr.update(visible=False), None
+
     def show_upload(path: str | None):
         """The page's answer to a new file (or to a cleared one): every output follows the input."""
-        empty = (None, gr.update(value=None, visible=False), WAITING_TEXT, gr.update(value=None, visible=False),
-                 gr.update(visible=False), None)
         if not path:
-            return empty
+            return cleared(WAITING_TEXT)
         try:
             image = read_upload(path)
         except ImageReadError as error:
-            return (None, *empty[1:2], error_markdown(str(error)), *empty[3:])
+            return cleared(error_markdown(str(error)))
         prediction = classifier.predict([image])[0]
-        heatmap = heatmap_for(image, prediction)
+        shown = display_image(image)
+        heatmap = heatmap_for(image, prediction, shown)
         shows_result = not refused(prediction)
         return (
-            display_image(image),
+            shown,
             gr.update(value=prediction.probabilities if shows_result else None, visible=shows_result),
             decision_markdown(prediction),
             gr.update(value=heatmap, visible=shows_result),

@@ -44,8 +44,8 @@ class XRayAugmentation:
         """The recipe's augmentation from `DataArguments`: training and its benchmark use the same one."""
         return cls(strength=data_args.augmentation_strength, horizontal_flip=data_args.horizontal_flip,
                    max_scale_change=data_args.max_scale_change,
-                   margin_probability=getattr(data_args, "margin_augmentation", 0.0),
-                   max_margin_fraction=getattr(data_args, "max_margin_fraction", 0.15))
+                   margin_probability=data_args.margin_augmentation,
+                   max_margin_fraction=data_args.max_margin_fraction)
 
     def __call__(self, image: Image.Image, rng: random.Random) -> Image.Image:
         """Augment one grey ("L") image; `rng` makes runs reproducible per worker."""

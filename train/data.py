@@ -216,9 +216,9 @@ def prepare_splits(raw: DatasetDict, data_args, seed: int) -> PreparedData:
     skipped: dict[str, list[str]] = {}
     train, skipped["train"] = drop_unreadable(raw[data_args.train_split_name], "train")
     holdout = None
-    if getattr(data_args, "holdout_normal_batch", None):
+    if data_args.holdout_normal_batch:
         train, holdout = hold_out_normal_batch(train, data_args.holdout_normal_batch,
-                                               getattr(data_args, "holdout_pneumonia_fraction", None), seed)
+                                               data_args.holdout_pneumonia_fraction, seed)
     if data_args.max_train_samples:
         train = train.shuffle(seed=seed).select(range(min(data_args.max_train_samples, len(train))))
     grouped = True

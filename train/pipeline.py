@@ -30,8 +30,8 @@ from train.calibration import positive_probabilities
 from train.card import SUMMARY_FILE, render_card
 from train.distill import Teachers, build_trainer, load_teachers, teacher_paths, teacher_pixel_values
 from train.distill import describe as describe_distillation
-from train.data import BATCH_HOLDOUT_SPLIT, batch_holdout_description, batch_holdout_summary
-from train.data import LABEL_NAMES, PreparedData, load_image, load_raw_dataset, prepare_splits, write_split_lists
+from train.data import (BATCH_HOLDOUT_SPLIT, LABEL_NAMES, PreparedData, batch_holdout_description, batch_holdout_summary,
+                        load_image, load_raw_dataset, prepare_splits, write_split_lists)
 from train.export_onnx import export_onnx
 from train.figures import training_curves
 from train.modeling import build_model
@@ -135,7 +135,7 @@ def resolve_checkpoint(training_args) -> str | None:
     return str(requested)
 
 
-def describe_data(data_args, prepared: PreparedData, card_dataset_id: str) -> tuple[str, str]:
+def describe_data(data_args, prepared: PreparedData, card_dataset_id: str | None) -> tuple[str, str]:
     """(dataset id for the card metadata, one honest sentence about the data)."""
     source = (f"the Hub dataset `{data_args.dataset_name}`" if data_args.dataset_name
               else f"a local image folder (`{Path(data_args.data_dir).name}`)"
@@ -293,9 +293,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     if checks:
         ood_stats = write_reference(classifier, dataset_features(classifier, prepared.splits["train"]), validation_features, output_dir)
         logger.info("Out-of-distribution reference: %s", ood_stats)
-        ood_dir = getattr(data_args, "ood_dir", None)  # development folders for the learned gate (train.gate)
-        if ood_dir:
-            gate = write_gate_for_splits(classifier, output_dir, prepared.splits["train"], validation, ood_dir)
+        if data_args.ood_dir:  # development folders for the learned gate (train.gate)
+            gate = write_gate_for_splits(classifier, output_dir, prepared.splits["train"], validation, data_args.ood_dir)
             logger.info("Out-of-distribution gate, flagged on held-out images: %s", gate_summary(gate))
     training_curves(trainer.state.log_history, output_dir / "training_curves.png")
 
