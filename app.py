@@ -389,7 +389,7 @@ probabilities, decision_text, heatmap_jpeg, answer = client.predict(handle_file(
 table, csv_path = client.predict([handle_file("a.png"), handle_file("b.dcm")], api_name="/predict_batch")
 ```
 
-`/analyse` returns the page's answer: the calibrated probabilities (`null` when refused), the decision in words
+`/analyse` returns the page's answer: the calibrated probabilities (empty when refused), the decision in words
 (Markdown), the heatmap as a JPEG file path (`null` when refused) and the same JSON as `/predict`.
 """
 

@@ -150,7 +150,7 @@ def test_what_is_not_a_chest_x_ray_gets_no_decision(client, tmp_path):
         assert answer["decision"] is None and answer["pneumonia_probability"] is None and answer["confidences"] is None
         assert answer["gate"] == "not_frontal_chest" and answer["gate_reason"] == reason and answer["message"]
         confidences, words, heatmap, full = client.predict(handle_file(str(path)), api_name="/analyse")
-        assert heatmap is None and "No decision" in words and "NORMAL" not in words and "PNEUMONIA" not in words
+        assert heatmap is None and not confidences and "No decision" in words and "NORMAL" not in words and "PNEUMONIA" not in words
 
 
 def test_named_endpoints_are_documented_with_named_outputs(client):
