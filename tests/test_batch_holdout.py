@@ -4,12 +4,16 @@ share of PNEUMONIA patients) out of training and validation, and reports the sto
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from conftest import tiny_training_args, write_image_folder
+from train.calibration import choose_threshold, sensitivity_specificity
 from train.data import hold_out_normal_batch, image_name, load_raw_dataset, normal_batch, patient_id
+from train.card import POLICIES_FILE
+from train.policies import POLICIES, compare, main as policies_main
 
 
 @pytest.mark.parametrize("name, batch", [("NORMAL2-IM-0123-0001.jpeg", "NORMAL2"), ("IM-0115-0001.jpeg", "IM"),
@@ -46,7 +50,7 @@ def test_a_batch_absent_from_the_data_is_a_clear_error(tmp_path, capsys):
     assert "no NORMAL image is named like that batch (NORMAL2-IM-" in capsys.readouterr().err
 
 
-def test_training_reports_specificity_on_the_held_out_batch(tiny_image_folder, tmp_path):
+def test_training_reports_specificity_on_the_held_out_batch(tiny_image_folder, tmp_path, capsys):
     from train.pipeline import main as train_main
 
     output_dir = tmp_path / "new-batch-check"
@@ -69,3 +73,35 @@ def test_training_reports_specificity_on_the_held_out_batch(tiny_image_folder, t
     assert entry["normal"] == sum(row.split(",")[1] == "NORMAL" for row in listed["batch_holdout"]) > 0
     assert summary["hyperparameters"]["margin augmentation (probability, largest share of a side)"].startswith("0.5")
     assert "### batch_holdout" in (output_dir / "README.md").read_text()
+
+    # train.policies on the same folder: each threshold policy, chosen on validation, judged on the batch hold-out
+    recorded_in = tmp_path / "full-data-model"
+    shutil.copytree(output_dir, recorded_in)
+    assert policies_main(["--model_dir", str(output_dir), "--data_dir", str(tiny_image_folder), "--record_in", str(recorded_in)]) == 0
+    result = json.loads((output_dir / POLICIES_FILE).read_text())
+    assert json.loads((recorded_in / POLICIES_FILE).read_text()) == result
+    card = (recorded_in / "README.md").read_text()
+    assert "**Why this policy.**" in card and "`NORMAL2` NORMAL batch held out entirely" in card
+    assert f"| `youden_at_min_sensitivity 0.97` | {result['policies'][1]['threshold']:.4f} |" in card
+    assert result["holdout_images"] == len(listed["batch_holdout"])
+    assert result["holdout_normal"] == entry["normal"]
+    assert [row["policy"] for row in result["policies"]][:2] == ["youden_at_min_sensitivity 0.99", "youden_at_min_sensitivity 0.97"]
+    assert len(result["policies"]) == len(POLICIES)
+    assert "| youden |" in capsys.readouterr().out
+
+
+def test_policies_compare_thresholds_chosen_on_validation_only():
+    rng = np.random.default_rng(0)
+    validation = (np.array([0] * 50 + [1] * 50), np.concatenate([rng.uniform(0, 0.6, 50), rng.uniform(0.4, 1, 50)]))
+    holdout = (np.array([0] * 40 + [1] * 10), np.concatenate([rng.uniform(0.2, 0.8, 40), rng.uniform(0.5, 1, 10)]))
+    for (strategy, floor), row in zip(POLICIES, compare(validation, holdout)):
+        threshold = choose_threshold(*validation, strategy, floor or 0.0)[0]
+        sensitivity, specificity = sensitivity_specificity(*holdout, threshold)
+        assert row["threshold"] == pytest.approx(threshold, abs=1e-4)
+        assert (row["holdout_sensitivity"], row["holdout_specificity"]) == (round(sensitivity, 4), round(specificity, 4))
+        assert row["holdout_accuracy"] == pytest.approx((10 * sensitivity + 40 * specificity) / 50, abs=1e-4)
+
+
+def test_policies_need_a_batch_holdout(trained_model, tiny_image_folder, capsys):
+    assert policies_main(["--model_dir", str(trained_model), "--data_dir", str(tiny_image_folder)]) == 1
+    assert "train the model with --holdout_normal_batch first" in capsys.readouterr().err

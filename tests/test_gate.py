@@ -160,6 +160,30 @@ def test_the_gate_is_fitted_into_an_existing_model_folder(trained_model, tiny_im
     assert (model / GATE_FILE).is_file() and PneumoniaClassifier.from_pretrained(model).gate is not None
 
 
+def test_a_gate_for_a_batch_holdout_model_fits_on_its_train_split_and_counts_false_alarms_on_the_batch(
+        trained_model, tiny_image_folder, tmp_path):
+    """A model trained with --holdout_normal_batch: the gate never sees the held-out batch, and reports how often
+    it flags those paediatric films (a new batch's false alarms, which carved validation cannot show)."""
+    import shutil
+
+    from train.ood import main as ood_main
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model, ignore=shutil.ignore_patterns("checkpoint-*", "ood_gate*"))
+    header, *rows = (model / "splits" / "train.csv").read_text().splitlines()
+    held = [row for row in rows if row.startswith("NORMAL2-")]
+    (model / "splits" / "train.csv").write_text("\n".join([header, *(r for r in rows if r not in held)]) + "\n")
+    (model / "splits" / "batch_holdout.csv").write_text("\n".join([header, *held]) + "\n")
+    assert held
+    assert ood_main(["--model_dir", str(model), "--data_dir", str(tiny_image_folder), "--ood_dir",
+                     str(write_development_folders(tmp_path / "dev")), "--synthetic_per_kind", "2", "--films_per_transform", "2",
+                     "--augmented_copies_refused", "1", "--folds", "2"]) == 0
+    config = json.loads((model / GATE_CONFIG_FILE).read_text())
+    assert config["fitted_on"]["paediatric"] == len(rows) - len(held)
+    assert config["measured"]["paediatric_batch_holdout"]["images"] == len(held)
+    assert config["measured"]["paediatric_validation"]["images"] == len((model / "splits" / "validation.csv").read_text().splitlines()) - 1
+
+
 # --- the bundled model on real images ------------------------------------------------------------------------
 
 requires_bundled_gate = pytest.mark.skipif(not (BUNDLED_MODEL / GATE_FILE).is_file(), reason="no bundled gate")

@@ -106,7 +106,8 @@ class ModelArguments:
     threshold_strategy: str = field(
         default="youden_at_min_sensitivity",
         metadata={"help": "How the stored decision threshold is chosen on validation: "
-                  "`youden_at_min_sensitivity`, `youden` or `fixed`."},
+                  "`youden_at_min_sensitivity` (best Youden's J with sensitivity >= --min_sensitivity), "
+                  "`specificity_at_min_sensitivity` (the most specific cut with that sensitivity), `youden` or `fixed`."},
     )
     min_sensitivity: float = field(default=0.95, metadata={"help": "Sensitivity floor for the threshold search."})
     fixed_threshold: float = field(default=0.5, metadata={"help": "Threshold for `--threshold_strategy fixed`."})
@@ -136,8 +137,10 @@ class ModelArguments:
     def __post_init__(self) -> None:
         if self.class_weighting not in ("balanced", "none"):
             raise ValueError("--class_weighting must be `balanced` or `none`.")
-        if self.threshold_strategy not in ("youden_at_min_sensitivity", "youden", "fixed"):
-            raise ValueError("--threshold_strategy must be youden_at_min_sensitivity, youden or fixed.")
+        from train.calibration import STRATEGIES  # here, not at the top: `--help` stays fast without scipy
+
+        if self.threshold_strategy not in STRATEGIES:
+            raise ValueError(f"--threshold_strategy must be one of {', '.join(STRATEGIES)}.")
         if not 0.0 <= self.distillation_weight <= 1.0 or self.distillation_temperature <= 0:
             raise ValueError("--distillation_weight must be between 0 and 1 and --distillation_temperature positive.")
 

@@ -18,7 +18,7 @@ import torch
 from transformers import HfArgumentParser
 
 from chestxray.classifier import FOLDED_CALIBRATION_KEY, PneumoniaClassifier
-from train.calibration import OperatingPoint, calibrated_logits, choose_threshold, fit_calibration, positive_probabilities
+from train.calibration import FLOORED_STRATEGIES, STRATEGIES, OperatingPoint, calibrated_logits, choose_threshold, fit_calibration, positive_probabilities
 
 
 def select_operating_point(classifier: PneumoniaClassifier, logits: np.ndarray, labels: np.ndarray, strategy: str,
@@ -30,7 +30,7 @@ def select_operating_point(classifier: PneumoniaClassifier, logits: np.ndarray, 
     threshold, sensitivity, specificity = choose_threshold(labels, scores, strategy, min_sensitivity, fixed_threshold)
     point = OperatingPoint(
         threshold=float(threshold), temperature=temperature, bias=bias, strategy=strategy,
-        min_sensitivity=min_sensitivity if strategy == "youden_at_min_sensitivity" else None,
+        min_sensitivity=min_sensitivity if strategy in FLOORED_STRATEGIES else None,
         validation_sensitivity=sensitivity, validation_specificity=specificity)
     fold_calibration(classifier, temperature, bias)
     classifier.model.config.decision_threshold = classifier.threshold = point.threshold
@@ -74,7 +74,7 @@ class CalibrateArguments:
     dataset_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset id."})
     split: Optional[str] = field(
         default=None, metadata={"help": "Split to calibrate on; default: the model's own splits/validation.csv files from train."})
-    threshold_strategy: str = field(default="youden_at_min_sensitivity", metadata={"help": "youden_at_min_sensitivity, youden or fixed."})
+    threshold_strategy: str = field(default="youden_at_min_sensitivity", metadata={"help": ", ".join(STRATEGIES) + "."})
     min_sensitivity: float = field(default=0.95, metadata={"help": "Sensitivity floor for the threshold."})
     fixed_threshold: float = field(default=0.5, metadata={"help": "Threshold for `fixed`."})
     refit: bool = field(

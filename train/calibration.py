@@ -11,6 +11,9 @@ from scipy.special import log_softmax, softmax
 
 TEMPERATURE_RANGE = (0.05, 20.0)
 MAX_ABS_BIAS = 10.0
+# Strategies that only consider cut points whose validation sensitivity reaches the floor.
+FLOORED_STRATEGIES = ("youden_at_min_sensitivity", "specificity_at_min_sensitivity")
+STRATEGIES = (*FLOORED_STRATEGIES, "youden", "fixed")
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, strategy: str, min_
     """(threshold, sensitivity, specificity) on these scores; a score >= threshold is called positive.
 
     Among the cut points allowed by the strategy, the best Youden's J wins (ties: the higher
-    specificity). The threshold is then placed halfway to the next lower score, so validation
+    specificity); `specificity_at_min_sensitivity` takes the most specific cut that keeps the floor. The threshold is then placed halfway to the next lower score, so validation
     decisions are unchanged but the largest margin is left for unseen data.
     """
     labels, scores = np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
@@ -80,9 +83,12 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, strategy: str, min_
     best = None
     for index, cut in enumerate(candidates):
         sensitivity, specificity = sensitivity_specificity(labels, scores, cut)
-        if strategy == "youden_at_min_sensitivity" and sensitivity < min_sensitivity:
+        if strategy in FLOORED_STRATEGIES and sensitivity < min_sensitivity:
             continue
-        key = (sensitivity + specificity - 1, specificity)
+        if strategy == "specificity_at_min_sensitivity":
+            key = (specificity, sensitivity)
+        else:
+            key = (sensitivity + specificity - 1, specificity)
         if best is None or key > best[0]:
             lower = candidates[index + 1] if index + 1 < len(candidates) else 0.0
             best = (key, (cut + lower) / 2, sensitivity, specificity)

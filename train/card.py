@@ -17,6 +17,7 @@ from train.shifts import ROBUSTNESS_FILE
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_card.md"
 SUMMARY_FILE = "training_summary.json"
+POLICIES_FILE = "operating_points.json"  # written by train.policies
 CARD_METRICS = {"roc_auc": "ROC-AUC", "accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1"}
 DEFAULT_SPACE_ID = "YOUR_USER/pneumonia-xray-demo"
 DATASET_NAME = "Chest X-ray pneumonia (Kermany et al.)"
@@ -79,6 +80,7 @@ def render_card(model_dir: str | Path, repo_id: str | None = None, space_id: str
         has_onnx=(model_dir / ONNX_FILE).is_file(),
         robustness=json.loads((model_dir / ROBUSTNESS_FILE).read_text()) if (model_dir / ROBUSTNESS_FILE).is_file() else None,
         gate=json.loads((model_dir / GATE_CONFIG_FILE).read_text()) if (model_dir / GATE_CONFIG_FILE).is_file() else None,
+        policies=json.loads((model_dir / POLICIES_FILE).read_text()) if (model_dir / POLICIES_FILE).is_file() else None,
         **{key: value for key, value in summary.items() if key not in ("hub_model_id", "space_id")},
     )
     card.save(model_dir / "README.md")

@@ -467,31 +467,32 @@ def rates(predictions: Sequence) -> dict:
 
 
 def measure_gate(classifier: PneumoniaClassifier, ood_dir: Path, split: dict,
-                 validation_films: Iterable[Image.Image] | None) -> dict:
-    """Flag rates on the held-out part of each development folder, and false alarms on validation films."""
+                 answered_films: dict[str, Iterable[Image.Image]]) -> dict:
+    """Flag rates on the held-out part of each development folder, and false alarms on each set of paediatric
+    films that must be answered (`paediatric_validation`, and `paediatric_batch_holdout` for a batch never seen)."""
     measured = {}
     for kind, files in split["held_out"].items():
         measured[kind] = rates(gate_outcomes(classifier, [classifier.read(ood_dir / name) for name in files]))
-    if validation_films is not None:
-        predictions = []
-        batch = []
-        for film in validation_films:
+    for name, films in answered_films.items():
+        predictions, batch = [], []
+        for film in films:
             batch.append(film)
             if len(batch) == 64:
                 predictions += classifier.predict(batch)
                 batch = []
         predictions += classifier.predict(batch) if batch else []
-        measured["paediatric_validation"] = rates(predictions)
+        measured[name] = rates(predictions)
     return measured
 
 
 # --- the whole job -------------------------------------------------------------------------------------------
 
 def write_gate(classifier: PneumoniaClassifier, model_dir: Path, films: Callable[[], Iterable[tuple[str, Image.Image]]],
-               film_count: int, ood_dir: Path, validation_films: Callable[[], Iterable[Image.Image]] | None = None,
+               film_count: int, ood_dir: Path, answered_films: dict[str, Callable[[], Iterable[Image.Image]]] | None = None,
                args: GateArguments | None = None) -> dict:
     """Fit the gate on `films` ((patient, image) pairs of the model's training split) and the development folders
-    in `ood_dir`, write it into `model_dir`, attach it to `classifier`, and measure it. Returns the JSON config."""
+    in `ood_dir`, write it into `model_dir`, attach it to `classifier`, and measure it (also its false alarms on
+    each set of `answered_films`, never fitted on). Returns the JSON config."""
     args = args or GateArguments()
     model_dir, ood_dir = Path(model_dir), Path(ood_dir)
     started = time.perf_counter()
@@ -503,7 +504,7 @@ def write_gate(classifier: PneumoniaClassifier, model_dir: Path, films: Callable
     logger.info("Gate inputs described in %.0f s.", time.perf_counter() - started)
     gate, config = fit_gate(classifier, described, args)
     classifier.gate = gate
-    gate.config["measured"] = measure_gate(classifier, ood_dir, split, validation_films() if validation_films else None)
+    gate.config["measured"] = measure_gate(classifier, ood_dir, split, {name: make() for name, make in (answered_films or {}).items()})
     gate.config["minutes"] = round((time.perf_counter() - started) / 60, 1)
     gate.save(model_dir)
     logger.info("Wrote %s and %s.", model_dir / GATE_FILE, model_dir / GATE_CONFIG_FILE)

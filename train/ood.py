@@ -76,11 +76,13 @@ def dataset_films(dataset: Dataset, batch_size: int = 64):
 
 
 def write_gate_for_splits(classifier: PneumoniaClassifier, model_dir: Path, train: Dataset, validation: Dataset | None,
-                          ood_dir: str | Path, args: GateArguments | None = None) -> dict:
-    """The learned gate from the model's own training split; false alarms measured on its validation split."""
-    validation_films = (lambda: (image for _, image in dataset_films(validation))) if validation is not None and len(validation) else None
-    return write_gate(classifier, Path(model_dir), lambda: dataset_films(train), len(train), Path(ood_dir),
-                      validation_films, args)
+                          ood_dir: str | Path, args: GateArguments | None = None, batch_holdout: Dataset | None = None) -> dict:
+    """The learned gate from the model's own training split; false alarms measured on its validation split, and on
+    its batch hold-out (a NORMAL batch never trained on, `--holdout_normal_batch`) when it has one."""
+    answered = {"paediatric_validation": validation, "paediatric_batch_holdout": batch_holdout}
+    answered_films = {name: (lambda d=dataset: (image for _, image in dataset_films(d)))
+                      for name, dataset in answered.items() if dataset is not None and len(dataset)}
+    return write_gate(classifier, Path(model_dir), lambda: dataset_films(train), len(train), Path(ood_dir), answered_films, args)
 
 
 def gate_summary(config: dict) -> str:
@@ -107,16 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     classifier = PneumoniaClassifier.from_pretrained(model_dir)
     train, _ = drop_unreadable(load_raw_dataset(args.dataset_name, args.data_dir)["train"], "train")
     # Reuse the model's own split lists when it has them, so the held-out side really is held out.
-    split_file = model_dir / "splits" / "validation.csv"
-    if split_file.is_file():
-        held_out, train = split_membership(train, split_file)
+    splits = model_dir / "splits"
+    batch_holdout = None
+    if (splits / "validation.csv").is_file():
+        held_out, rest = split_membership(train, splits / "validation.csv")
+        if (splits / "batch_holdout.csv").is_file():
+            batch_holdout, _ = split_membership(train, splits / "batch_holdout.csv")
+        train = split_membership(train, splits / "train.csv")[0] if (splits / "train.csv").is_file() else rest
     else:
         split = train.train_test_split(test_size=0.15, seed=0)
         train, held_out = split["train"], split["test"]
     stats = write_reference(classifier, dataset_features(classifier, train), dataset_features(classifier, held_out), model_dir)
     print(f"Wrote {model_dir / REFERENCE_FILE}: {json.dumps(stats)}")
     if args.ood_dir:
-        config = write_gate_for_splits(classifier, model_dir, train, held_out, args.ood_dir, gate_args)
+        config = write_gate_for_splits(classifier, model_dir, train, held_out, args.ood_dir, gate_args, batch_holdout)
         print(f"Wrote {model_dir / GATE_FILE}; flagged on held-out images: {gate_summary(config)}")
     return 0
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from PIL import Image
-from transformers import EarlyStoppingCallback, Trainer, set_seed
+from transformers import EarlyStoppingCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from chestxray.classifier import PneumoniaClassifier
@@ -294,7 +294,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
         ood_stats = write_reference(classifier, dataset_features(classifier, prepared.splits["train"]), validation_features, output_dir)
         logger.info("Out-of-distribution reference: %s", ood_stats)
         if data_args.ood_dir:  # development folders for the learned gate (train.gate)
-            gate = write_gate_for_splits(classifier, output_dir, prepared.splits["train"], validation, data_args.ood_dir)
+            gate = write_gate_for_splits(classifier, output_dir, prepared.splits["train"], validation, data_args.ood_dir,
+                                         batch_holdout=prepared.splits.get(BATCH_HOLDOUT_SPLIT))
             logger.info("Out-of-distribution gate, flagged on held-out images: %s", gate_summary(gate))
     training_curves(trainer.state.log_history, output_dir / "training_curves.png")
 
