@@ -46,7 +46,9 @@ def main() -> None:
         elapsed = time.perf_counter() - started
     images = args.steps * training_args.per_device_train_batch_size
     epoch_images = len(prepared.splits["train"])
-    print(f"{model_args.model_type}-{model_args.model_size} at {model_args.image_size} px, batch {training_args.per_device_train_batch_size}, "
+    name = model_args.model_name_or_path or f"{model_args.model_type}-{model_args.model_size} from scratch"
+    print(f"{name} ({built.model.config.model_type}) at {model_args.checkpoint_image_size or model_args.image_size} px, "
+          f"batch {training_args.per_device_train_batch_size}, "
           f"{torch.get_num_threads()} threads: {images / elapsed:.1f} training images/s "
           f"(~{epoch_images / (images / elapsed) / 60:.1f} min per epoch of {epoch_images} images)")
 

@@ -51,12 +51,12 @@ def test_threshold_meets_the_sensitivity_floor_with_the_best_youden_j():
 
 def test_the_most_specific_cut_that_keeps_the_sensitivity_floor():
     labels = np.array([0] * 10 + [1] * 10)
-    scores = np.array([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.52, 0.62, 0.72] + [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95])
-    # Youden with sensitivity >= 0.8 keeps every positive (J 0.7 at the cut 0.5: sens 1.0, spec 0.7)
-    assert choose_threshold(labels, scores, "youden_at_min_sensitivity", 0.8)[1:] == (1.0, 0.7)
-    # the most specific cut with sensitivity >= 0.8 is 0.65 (sens 0.8, spec 0.9), placed halfway down to 0.62
+    scores = np.array([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.57, 0.72] + [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95])
+    # Youden with sensitivity >= 0.8 keeps every positive (J 0.8 at the cut 0.5: sens 1.0, spec 0.8)
+    assert choose_threshold(labels, scores, "youden_at_min_sensitivity", 0.8)[1:] == (1.0, 0.8)
+    # the most specific cut with sensitivity >= 0.8 is 0.6 (sens 0.8, spec 0.9), placed halfway down to 0.57
     threshold, sensitivity, specificity = choose_threshold(labels, scores, "specificity_at_min_sensitivity", 0.8)
-    assert threshold == pytest.approx(0.635)
+    assert threshold == pytest.approx(0.585)
     assert (sensitivity, specificity) == (0.8, 0.9)
 
 

@@ -97,6 +97,14 @@ def test_card_carries_the_measured_numbers(trained_model, tiny_image_folder):
     assert "not a medical device" in text
     assert "Trained from scratch" in text
     assert "patient-level hold-out" in text
+    assert "it was not available where this model was trained" not in text  # this one has a test split
+
+
+def test_the_bundled_card_says_the_official_test_split_was_not_available():
+    model = Path(__file__).resolve().parent.parent / "model"
+    if (model / "metrics_test.json").is_file():
+        pytest.skip("the bundled model has been evaluated on a test split")
+    assert "**it was not available where this model was trained**: no figure in this card comes from it" in (model / "README.md").read_text()
 
 
 def test_evaluate_cli_uses_stored_threshold_and_updates_the_card(trained_model, tiny_image_folder, tmp_path, capsys):
@@ -178,6 +186,10 @@ def test_calibrate_refits_the_operating_point_and_the_card_follows(trained_model
     assert report["metrics"]["threshold"] == 0.9
     assert report["metrics"]["support"] == len((model / "splits" / "validation.csv").read_text().splitlines()) - 1
     assert "≥ **0.9000**" in (model / "README.md").read_text()
+    # the summary (and so the card) keeps the whole calibration folded into the head, not the refit's step (~1, ~0)
+    summary = json.loads((model / "training_summary.json").read_text())["operating_point"]
+    folded = config["calibration_folded_into_head"]
+    assert (summary["temperature"], summary["bias"]) == (folded["temperature"], folded["bias"])
 
 
 def test_ood_reference_can_be_added_to_an_existing_folder(trained_model, tiny_image_folder, tmp_path):

@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         import json
 
         summary = json.loads((model_dir / SUMMARY_FILE).read_text())
-        summary["operating_point"] = point.to_dict()
+        # The card reports the whole calibration the head now carries, not just this refit's step on top of it.
+        folded = getattr(classifier.model.config, FOLDED_CALIBRATION_KEY)
+        summary["operating_point"] = {**point.to_dict(), "temperature": folded["temperature"], "bias": folded["bias"]}
         (model_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         render_card(model_dir)
     print(f"{model_dir}: {point}")
