@@ -83,6 +83,9 @@ def test_training_reports_specificity_on_the_held_out_batch(tiny_image_folder, t
     card = (recorded_in / "README.md").read_text()
     assert "**Why this policy.**" in card and "`NORMAL2` NORMAL batch held out entirely" in card
     assert f"| `youden_at_min_sensitivity 0.97` | {result['policies'][1]['threshold']:.4f} |" in card
+    chosen = next(row for row in result["policies"] if row["policy"] == "youden_at_min_sensitivity 0.95")  # the run's own policy
+    assert (chosen["strategy"], chosen["min_sensitivity"]) == ("youden_at_min_sensitivity", 0.95)
+    assert f"This model's policy, `youden_at_min_sensitivity 0.95`, kept sensitivity\n{chosen['holdout_sensitivity']:.3f}" in card
     assert result["holdout_images"] == len(listed["batch_holdout"])
     assert result["holdout_normal"] == entry["normal"]
     assert [row["policy"] for row in result["policies"]][:2] == ["youden_at_min_sensitivity 0.99", "youden_at_min_sensitivity 0.97"]

@@ -22,7 +22,7 @@ from transformers import HfArgumentParser
 
 from chestxray.classifier import PneumoniaClassifier
 from train.calibration import choose_threshold, sensitivity_specificity
-from train.card import POLICIES_FILE, render_card
+from train.card import POLICIES_FILE, SUMMARY_FILE, render_card
 from train.data import BATCH_HOLDOUT_SPLIT, drop_unreadable, load_raw_dataset, split_membership
 from train.report import dataset_logits
 
@@ -60,7 +60,8 @@ def compare(validation: tuple[np.ndarray, np.ndarray], holdout: tuple[np.ndarray
         sensitivity, specificity = sensitivity_specificity(*holdout, threshold)
         labels = holdout[0]
         accuracy = (sensitivity * (labels == 1).sum() + specificity * (labels == 0).sum()) / len(labels)
-        rows.append({"policy": strategy if floor is None else f"{strategy} {floor:.2f}", "threshold": round(threshold, 4),
+        rows.append({"policy": strategy if floor is None else f"{strategy} {floor:.2f}", "strategy": strategy,
+                     "min_sensitivity": floor, "threshold": round(threshold, 4),
                      "validation_sensitivity": round(val_sensitivity, 4), "validation_specificity": round(val_specificity, 4),
                      "holdout_sensitivity": round(sensitivity, 4), "holdout_specificity": round(specificity, 4),
                      "holdout_accuracy": round(float(accuracy), 4)})
@@ -76,14 +77,13 @@ def run(args: PolicyArguments) -> dict:
     dataset, _ = drop_unreadable(load_raw_dataset(None, args.data_dir)[args.train_split_name], args.train_split_name)
     validation = split_probabilities(classifier, dataset, folder / "splits" / "validation.csv")
     holdout = split_probabilities(classifier, dataset, holdout_file)
-    summary_file = folder / "training_summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary = json.loads((folder / SUMMARY_FILE).read_text()) if (folder / SUMMARY_FILE).is_file() else {}
     result = {"model_dir": folder.name, "normal_batch": summary.get("batch_holdout", {}).get("normal_batch"),
               "validation_images": len(validation[0]), "holdout_images": len(holdout[0]),
               "holdout_normal": int((holdout[0] == 0).sum()), "policies": compare(validation, holdout)}
     for target in [folder] + ([Path(args.record_in)] if args.record_in else []):
         (target / POLICIES_FILE).write_text(json.dumps(result, indent=2) + "\n")
-    if args.record_in and (Path(args.record_in) / "training_summary.json").is_file():
+    if args.record_in and (Path(args.record_in) / SUMMARY_FILE).is_file():
         render_card(args.record_in)
     return result
 
