@@ -264,7 +264,7 @@ class OodGate:
     adult: LinearHead  # one output: > threshold means an adult's film
     reasons: LinearHead  # one output per code in `reason_codes`: why an image is not a frontal chest X-ray
     reason_codes: list[str]
-    thresholds: dict[str, float]  # density, adult_density, not_frontal, adult
+    thresholds: dict[str, float]  # density, adult_density, not_frontal, adult, adult_not_frontal
     probe_features: np.ndarray  # the network's features on a fixed probe: the gate belongs to this backbone
     config: dict  # everything else in ood_gate.json (provenance, measured rates)
 
@@ -272,7 +272,11 @@ class OodGate:
         inputs = np.hstack([descriptors, features])
         unlike = self.density.distances(descriptors) > self.thresholds["density"]
         adult_like = self.adult_density.distances(descriptors) <= self.thresholds["adult_density"]
-        not_frontal = self.not_frontal.logits(inputs)[:, 0] > self.thresholds["not_frontal"]
+        not_frontal_scores = self.not_frontal.logits(inputs)[:, 0]
+        not_frontal = not_frontal_scores > self.thresholds["not_frontal"]
+        # Adults' lateral views and other adult-looking X-rays look adult before they look like another view: among
+        # adult-looking images a lower not-frontal score already refuses (a gate fitted before this part had none).
+        adult_view = not_frontal_scores > self.thresholds.get("adult_not_frontal", np.inf)
         adult = self.adult.logits(inputs)[:, 0] > self.thresholds["adult"]
         reason_logits = self.reasons.logits(inputs)
         outcomes = []
@@ -280,7 +284,7 @@ class OodGate:
             if not_frontal[i]:
                 outcomes.append(refusal(self._reason(reason_logits[i], sure=False)))
             elif adult[i] and adult_like[i]:  # an adult's film, even where it is unlike the children's
-                outcomes.append(caution("adult"))
+                outcomes.append(refusal(self._reason(reason_logits[i], sure=False)) if adult_view[i] else caution("adult"))
             elif adult[i] or unlike[i]:  # unlike the children's films, and unlike the adults' too
                 outcomes.append(refusal(self._reason(reason_logits[i], sure=True)))
             else:

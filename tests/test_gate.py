@@ -20,17 +20,18 @@ from PIL import Image, ImageDraw
 
 from chestxray import PneumoniaClassifier, read_image
 from chestxray.batch import predict_files, write_csv
-from chestxray.ood import (GATE_CONFIG_FILE, GATE_FILE, MESSAGES, NOT_FRONTAL_CHEST, OUTSIDE_POPULATION,
+from chestxray.ood import (FRONTAL_CHEST, GATE_CONFIG_FILE, GATE_FILE, MESSAGES, NOT_FRONTAL_CHEST, OUTSIDE_POPULATION,
                            image_descriptor, judge_images)
 from conftest import REAL_DATA, requires_real_data, synthetic_xray, write_image_folder, xray_as_dicom
 
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "model"
 OOD_DATA = REAL_DATA.parent
-# Share of the held-out images that must get the right outcome (no decision; for adults, the warning), a little
-# below what the bundled gate measured (model/ood_gate.json "measured": no decision for 6/10 lateral views, 7/9 CT
-# slices, 11/11 hands, 12/12 knees; the warning for 98/120 adults) so that the test means something without being
-# flaky. Lateral views and CT fall short of the 95 % the issue asks for: this pins where we are, not the goal.
-MIN_FLAG_RATE = {"lateral_chest": 0.5, "ct_chest": 0.65, "hand": 0.9, "knee": 0.9, "adult": 0.7}
+# Share of the held-out images that must get the right outcome (no decision; for adults, flagged either way), a
+# little below what the bundled gate measured (model/ood_gate.json "measured": no decision for 9/10 lateral views,
+# 7/9 CT slices, 11/11 hands, 12/12 knees; 107/120 adults flagged, 96 of them with the warning) so that the test
+# means something without being flaky. CT falls short of the 95 % the issue asks for: this pins where we are.
+MIN_FLAG_RATE = {"lateral_chest": 0.7, "ct_chest": 0.65, "hand": 0.9, "knee": 0.9, "adult": 0.8}
+MIN_ADULT_WARNING_RATE = 0.65  # most adults' frontal films still get the decision, with the warning
 VALIDATION_SAMPLE = 300
 MAX_VALIDATION_FALSE_ALARMS = 0.02
 
@@ -109,6 +110,32 @@ def test_an_adult_by_age_gets_the_decision_with_the_warning(tiny, tmp_path):
     assert (teenager.gate, teenager.gate_reason) == (OUTSIDE_POPULATION, "outside_validated_age")
 
 
+def test_an_adult_looking_image_is_refused_once_it_also_looks_like_another_view():
+    """Adults' lateral views look adult before they look lateral: among adult-looking images a lower not-frontal
+    score already refuses; children's films are judged by the main threshold alone, and older gates (no such
+    threshold) keep their old behaviour."""
+    from chestxray.ood import Gaussian, LinearHead, OodGate
+
+    width = 3  # input 0: the not-frontal score, input 1: the adult score, input 2: a dummy feature
+
+    def reads(column):
+        weight = np.zeros((1, width))
+        weight[0, column] = 1.0
+        return LinearHead(np.zeros(width), np.ones(width), weight, np.zeros(1))
+
+    near = Gaussian(np.zeros(0), np.zeros((0, 0)))  # no descriptor: every image at distance 0
+    thresholds = {"density": 1.0, "adult_density": 1.0, "not_frontal": 2.0, "adult": 0.0, "adult_not_frontal": -1.0}
+    gate = OodGate(near, near, reads(0), reads(1), LinearHead(np.zeros(width), np.ones(width), np.zeros((1, width)), np.zeros(1)),
+                   ["lateral_view"], thresholds, np.zeros(1), {})
+    descriptors = np.zeros((4, 0))
+    features = np.array([[0.0, 1.0, 0.0], [-2.0, 1.0, 0.0], [0.0, -1.0, 0.0], [3.0, -1.0, 0.0]])  # not-frontal, adult
+    outcomes = gate.judge(descriptors, features)
+    assert [o.gate for o in outcomes] == [NOT_FRONTAL_CHEST, OUTSIDE_POPULATION, FRONTAL_CHEST, NOT_FRONTAL_CHEST]
+    older = OodGate(near, near, reads(0), reads(1), gate.reasons, gate.reason_codes,
+                    {k: v for k, v in thresholds.items() if k != "adult_not_frontal"}, np.zeros(1), {})
+    assert older.judge(descriptors, features)[0].gate == OUTSIDE_POPULATION
+
+
 def test_batch_rows_and_csv_say_there_is_no_decision(tiny, tmp_path):
     chest, blank = tmp_path / "chest.png", tmp_path / "blank.png"
     synthetic_xray(1, 2, size=64).save(chest)
@@ -158,6 +185,8 @@ def test_the_gate_is_fitted_into_an_existing_model_folder(trained_model, tiny_im
     assert not set(split["held_out"]["hand"]) & set(split["fitted"]["hand"])  # measured on what it never saw
     assert config["measured"]["hand"]["images"] == len(split["held_out"]["hand"])
     assert (model / GATE_FILE).is_file() and PneumoniaClassifier.from_pretrained(model).gate is not None
+    card = (model / "README.md").read_text()  # re-rendered: the card describes the gate it now carries
+    assert f"| hand | {len(split['held_out']['hand'])} |" in card and "refused rather than warned" in card
 
 
 def test_a_gate_for_a_batch_holdout_model_fits_on_its_train_split_and_counts_false_alarms_on_the_batch(
@@ -202,8 +231,11 @@ def bundled():
 def test_bundled_gate_on_held_out_images_of_each_kind(bundled, kind):
     files = json.loads((BUNDLED_MODEL / "ood_gate_splits.json").read_text())["held_out"][kind]
     predictions = bundled.predict([bundled.read(OOD_DATA / name) for name in files])
-    expected = OUTSIDE_POPULATION if kind == "adult" else NOT_FRONTAL_CHEST
-    rate = np.mean([p.gate == expected for p in predictions])
+    if kind == "adult":
+        rate = np.mean([p.gate != FRONTAL_CHEST for p in predictions])
+        assert np.mean([p.gate == OUTSIDE_POPULATION for p in predictions]) >= MIN_ADULT_WARNING_RATE
+    else:
+        rate = np.mean([p.gate == NOT_FRONTAL_CHEST for p in predictions])
     assert rate >= MIN_FLAG_RATE[kind], (kind, rate, [p.gate_reason for p in predictions])
     refused = [p for p in predictions if p.gate == NOT_FRONTAL_CHEST]
     assert all(p.decision is None and p.pneumonia_probability is None for p in refused)

@@ -26,6 +26,7 @@ from transformers import HfArgumentParser
 
 from chestxray.classifier import PneumoniaClassifier
 from chestxray.ood import GATE_FILE, REFERENCE_FILE, OodReference
+from train.card import SUMMARY_FILE, render_card
 from train.gate import GateArguments, write_gate
 from train.report import dataset_logits
 
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ood_dir:
         config = write_gate_for_splits(classifier, model_dir, train, held_out, args.ood_dir, gate_args, batch_holdout)
         print(f"Wrote {model_dir / GATE_FILE}; flagged on held-out images: {gate_summary(config)}")
+    if (model_dir / SUMMARY_FILE).is_file():  # a folder this pipeline trained: its card describes the gate
+        render_card(model_dir)
     return 0
 
 
