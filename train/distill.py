@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.retrain_teacher or not (Path(teacher["output_dir"]) / "model.safetensors").is_file():
         if train_main([args.teacher_config]) != 0:
             return 1
-    code = train_main([args.student_config])
+    recipe = f"python -m train.distill --teacher_config {args.teacher_config} --student_config {args.student_config}"
+    code = train_main([args.student_config], command=recipe)  # the student's card reproduces the whole recipe
     minutes = (time.perf_counter() - started) / 60
     print(f"Recipe finished in {minutes:.1f} minutes: teacher {teacher['output_dir']}, student {student['output_dir']}.")
     return code

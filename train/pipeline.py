@@ -159,7 +159,7 @@ def split_description(split: str, data_args, grouped: bool) -> str:
 
 
 def write_summary(output_dir: Path, model_args, data_args, training_args, prepared, built, point, trainer,
-                  minutes: float, extra: dict | None = None) -> None:
+                  minutes: float, command: str, extra: dict | None = None) -> None:
     model = built.model
     data_id, data_text = describe_data(data_args, prepared, model_args.hub_dataset_card_id)
     parameters = sum(p.numel() for p in model.parameters())
@@ -170,7 +170,6 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
         best_epoch = next((round(row["epoch"], 2) for row in trainer.state.log_history
                            if row.get("step") == best_step and "eval_loss" in row), None)
     size = model_args.image_size if not model_args.model_name_or_path else built.processor.size["height"]
-    command = "python -m train " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     summary = {
         "model_type": model.config.model_type,
         "architecture": (f"ConvNeXt-{model_args.model_size}" if model.config.model_type == "convnext" else f"ViT-{model_args.model_size}")
@@ -221,8 +220,9 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRayTrainingArguments,
-        extra_callbacks: tuple = ()) -> dict:
-    """The whole job; `extra_callbacks` are passed to the Trainer (logging, alerts, fault injection in tests)."""
+        extra_callbacks: tuple = (), command: str | None = None) -> dict:
+    """The whole job; `extra_callbacks` are passed to the Trainer (logging, alerts, fault injection in tests);
+    `command`, the card's "reproduce with", defaults to this process's own command line."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True)
     transformers.utils.logging.set_verbosity_warning()
     output_dir = Path(training_args.output_dir)
@@ -314,7 +314,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
         reports[BATCH_HOLDOUT_SPLIT] = evaluate_split(classifier, prepared.splits[BATCH_HOLDOUT_SPLIT], BATCH_HOLDOUT_SPLIT,
                                                       batch_holdout_description(batch), output_dir)
         extra[BATCH_HOLDOUT_SPLIT] = batch_holdout_summary(reports[BATCH_HOLDOUT_SPLIT]["metrics"], batch)
-    write_summary(output_dir, model_args, data_args, training_args, prepared, built, point, trainer, minutes, extra)
+    write_summary(output_dir, model_args, data_args, training_args, prepared, built, point, trainer, minutes,
+                  command or "python -m train " + shlex.join(sys.argv[1:]), extra)
     render_card(output_dir)
     for split, report in reports.items():
         m = report["metrics"]
@@ -326,9 +327,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     return reports
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, command: str | None = None) -> int:
     try:
-        run(*parse_arguments(argv))
+        run(*parse_arguments(argv), command=command or "python -m train " + shlex.join(sys.argv[1:] if argv is None else argv))
     except (PushError, OSError, ValueError) as error:  # bad arguments, missing data or checkpoint: one line
         print(f"error: {error}", file=sys.stderr)
         return 1
