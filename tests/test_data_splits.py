@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
-import pytest
 
 import app
 from conftest import synthetic_xray
