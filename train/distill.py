@@ -179,7 +179,7 @@ class RecipeArguments:
 
 def main(argv: list[str] | None = None) -> int:
     from train.convert_efficientnet_lite import ConversionError, convert
-    from train.pipeline import main as train_main
+    from train.pipeline import main as train_main, shareable_command
 
     (args,) = HfArgumentParser(RecipeArguments, prog="python -m train.distill").parse_args_into_dataclasses(args=argv)
     teacher, student = (json.loads(Path(path).read_text()) for path in (args.teacher_config, args.student_config))
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.retrain_teacher or not (Path(teacher["output_dir"]) / "model.safetensors").is_file():
         if train_main([args.teacher_config]) != 0:
             return 1
-    recipe = f"python -m train.distill --teacher_config {args.teacher_config} --student_config {args.student_config}"
+    recipe = shareable_command("train.distill", ["--teacher_config", args.teacher_config, "--student_config", args.student_config])
     code = train_main([args.student_config], command=recipe)  # the student's card reproduces the whole recipe
     minutes = (time.perf_counter() - started) / 60
     print(f"Recipe finished in {minutes:.1f} minutes: teacher {teacher['output_dir']}, student {student['output_dir']}.")

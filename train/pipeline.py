@@ -11,6 +11,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -219,6 +220,11 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
     (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2, default=str) + "\n")
 
 
+def shareable_command(module: str, argv: Sequence[str]) -> str:
+    """The command line for the card, which is published: absolute paths (someone's disk) are cut to their names."""
+    return f"python -m {module} " + shlex.join(Path(arg).name if Path(arg).is_absolute() else arg for arg in argv)
+
+
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRayTrainingArguments,
         extra_callbacks: tuple = (), command: str | None = None) -> dict:
     """The whole job; `extra_callbacks` are passed to the Trainer (logging, alerts, fault injection in tests);
@@ -315,7 +321,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
                                                       batch_holdout_description(batch), output_dir)
         extra[BATCH_HOLDOUT_SPLIT] = batch_holdout_summary(reports[BATCH_HOLDOUT_SPLIT]["metrics"], batch)
     write_summary(output_dir, model_args, data_args, training_args, prepared, built, point, trainer, minutes,
-                  command or "python -m train " + shlex.join(sys.argv[1:]), extra)
+                  command or shareable_command("train", sys.argv[1:]), extra)
     render_card(output_dir)
     for split, report in reports.items():
         m = report["metrics"]
@@ -329,7 +335,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
 
 def main(argv: list[str] | None = None, command: str | None = None) -> int:
     try:
-        run(*parse_arguments(argv), command=command or "python -m train " + shlex.join(sys.argv[1:] if argv is None else argv))
+        run(*parse_arguments(argv), command=command or shareable_command("train", sys.argv[1:] if argv is None else argv))
     except (PushError, OSError, ValueError) as error:  # bad arguments, missing data or checkpoint: one line
         print(f"error: {error}", file=sys.stderr)
         return 1
