@@ -351,15 +351,19 @@ class GateParts:
     adult: LinearHead
 
 
+def fit_not_frontal(kinds: np.ndarray, inputs: np.ndarray, answered_mask: np.ndarray, args: GateArguments) -> LinearHead:
+    """The "not a frontal chest X-ray" head, fitted on the paediatric films of `answered_mask` and all other rows."""
+    rows = answered_mask | ~np.char.startswith(kinds.astype(str), "paediatric")
+    refused = np.array([reason_of(k) is not None for k in kinds[rows]])
+    head, _ = fit_head(inputs[rows], refused.astype(int), balanced_weights(kinds[rows], refused), args.regularisation)
+    return head
+
+
 def fit_parts(kinds: np.ndarray, descriptors: np.ndarray, inputs: np.ndarray, answered_mask: np.ndarray,
               args: GateArguments) -> GateParts:
     """Density and the two heads, fitted on the rows of `answered_mask` (paediatric films) and all others."""
     paediatric = np.char.startswith(kinds.astype(str), "paediatric") & answered_mask
-    other = ~np.char.startswith(kinds.astype(str), "paediatric")
-    rows = paediatric | other
-    refused = np.array([reason_of(k) is not None for k in kinds])
-    not_frontal, _ = fit_head(inputs[rows], refused[rows].astype(int), balanced_weights(kinds[rows], refused[rows]),
-                              args.regularisation)
+    not_frontal = fit_not_frontal(kinds, inputs, answered_mask, args)
     # Adults against children (augmented too: framing and borders must not pass for age), half the weight each;
     # that the film is a chest at all is the other parts' business.
     adult_rows = paediatric | (kinds == ADULT)
@@ -421,7 +425,7 @@ def fit_gate(classifier: PneumoniaClassifier, described: Described, args: GateAr
     adult_density = fit_gaussian(descriptors[adults] if adults.sum() > 1 else descriptors)
     adult_distances = cross_validated_distances(descriptors[adults], groups[adults], args)
     thresholds["adult_density"] = float(np.quantile(adult_distances, args.adult_density_quantile)) if len(adult_distances) else 0.0
-    adult_scores = out_of_fold_adult_scores(kinds, groups, descriptors, inputs, args)
+    adult_scores = out_of_fold_adult_scores(kinds, groups, inputs, args)
     thresholds["adult_not_frontal"] = min(thresholds["not_frontal"], float(np.quantile(adult_scores, args.adult_refusal_quantile))
                                           if len(adult_scores) else np.inf)
     refused = np.array([reason_of(k) is not None for k in kinds])
@@ -448,7 +452,7 @@ def fit_gate(classifier: PneumoniaClassifier, described: Described, args: GateAr
     return gate, config
 
 
-def out_of_fold_adult_scores(kinds, groups, descriptors, inputs, args: GateArguments) -> np.ndarray:
+def out_of_fold_adult_scores(kinds, groups, inputs, args: GateArguments) -> np.ndarray:
     """The not-frontal head's scores on the adult films, each from a head fitted without that film's patients."""
     adults = np.flatnonzero(kinds == ADULT)
     if len(adults) < 2 * args.folds:
@@ -459,8 +463,8 @@ def out_of_fold_adult_scores(kinds, groups, descriptors, inputs, args: GateArgum
     for f in range(args.folds):
         keep = np.ones(len(kinds), dtype=bool)
         keep[adults[fold == f]] = False
-        parts = fit_parts(kinds[keep], descriptors[keep], inputs[keep], paediatric[keep], args)
-        scores[fold == f] = parts.not_frontal.logits(inputs[adults[fold == f]])[:, 0]
+        head = fit_not_frontal(kinds[keep], inputs[keep], paediatric[keep], args)
+        scores[fold == f] = head.logits(inputs[adults[fold == f]])[:, 0]
     return scores
 
 
