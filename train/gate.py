@@ -332,13 +332,18 @@ def fit_head(inputs: np.ndarray, labels: np.ndarray, weights: np.ndarray, regula
     return LinearHead(scaler.mean_, scale, model.coef_.copy(), model.intercept_.copy()), list(model.classes_)
 
 
+def paediatric_rows(kinds: np.ndarray) -> np.ndarray:
+    """Which rows are children's frontal films (original or augmented): the images the gate must answer."""
+    return np.char.startswith(kinds.astype(str), "paediatric")
+
+
 def balanced_weights(kinds: np.ndarray, refused: np.ndarray) -> np.ndarray:
     """Refused kinds weigh the same each, and together as much as the answered images; adults a fifth of those."""
     weights = np.zeros(len(kinds))
     refused_kinds = sorted(set(kinds[refused]))
     for kind in refused_kinds:
         weights[kinds == kind] = 1.0 / ((kinds == kind).sum() * len(refused_kinds))
-    paediatric, adult = np.char.startswith(kinds.astype(str), "paediatric"), kinds == ADULT
+    paediatric, adult = paediatric_rows(kinds), kinds == ADULT
     weights[paediatric] = 0.8 / max(paediatric.sum(), 1)
     weights[adult] = 0.2 / max(adult.sum(), 1)
     return weights * len(kinds) / weights.sum()
@@ -353,7 +358,7 @@ class GateParts:
 
 def fit_not_frontal(kinds: np.ndarray, inputs: np.ndarray, answered_mask: np.ndarray, args: GateArguments) -> LinearHead:
     """The "not a frontal chest X-ray" head, fitted on the paediatric films of `answered_mask` and all other rows."""
-    rows = answered_mask | ~np.char.startswith(kinds.astype(str), "paediatric")
+    rows = answered_mask | ~paediatric_rows(kinds)
     refused = np.array([reason_of(k) is not None for k in kinds[rows]])
     head, _ = fit_head(inputs[rows], refused.astype(int), balanced_weights(kinds[rows], refused), args.regularisation)
     return head
@@ -362,7 +367,7 @@ def fit_not_frontal(kinds: np.ndarray, inputs: np.ndarray, answered_mask: np.nda
 def fit_parts(kinds: np.ndarray, descriptors: np.ndarray, inputs: np.ndarray, answered_mask: np.ndarray,
               args: GateArguments) -> GateParts:
     """Density and the two heads, fitted on the rows of `answered_mask` (paediatric films) and all others."""
-    paediatric = np.char.startswith(kinds.astype(str), "paediatric") & answered_mask
+    paediatric = paediatric_rows(kinds) & answered_mask
     not_frontal = fit_not_frontal(kinds, inputs, answered_mask, args)
     # Adults against children (augmented too: framing and borders must not pass for age), half the weight each;
     # that the film is a chest at all is the other parts' business.
@@ -386,7 +391,7 @@ def patient_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
 
 def out_of_fold_scores(kinds, groups, descriptors, inputs, args: GateArguments) -> dict[str, np.ndarray]:
     """Each component's scores on paediatric films (original and augmented) from models that never saw them."""
-    paediatric = np.char.startswith(kinds.astype(str), "paediatric")
+    paediatric = paediatric_rows(kinds)
     fold = np.full(len(kinds), -1)
     fold[paediatric] = patient_folds(groups[paediatric], args.folds, args.seed)
     scores = {name: np.full(len(kinds), np.nan) for name in ("density", "not_frontal", "adult")}
@@ -414,7 +419,7 @@ def choose_thresholds(scores: dict[str, np.ndarray], target: float) -> tuple[dic
 def fit_gate(classifier: PneumoniaClassifier, described: Described, args: GateArguments) -> tuple[OodGate, dict]:
     kinds, groups, descriptors, features = described.arrays()
     inputs = np.hstack([descriptors, features])
-    paediatric_kinds = np.char.startswith(kinds.astype(str), "paediatric")
+    paediatric_kinds = paediatric_rows(kinds)
     scores = out_of_fold_scores(kinds, groups, descriptors, inputs, args)
     originals = kinds[paediatric_kinds] == "paediatric"
     thresholds, quantile, rate = choose_thresholds({k: v[originals] for k, v in scores.items()}, args.target_false_alarm_rate)
@@ -458,7 +463,7 @@ def out_of_fold_adult_scores(kinds, groups, inputs, args: GateArguments) -> np.n
     if len(adults) < 2 * args.folds:
         return np.zeros(0)
     fold = patient_folds(groups[adults], args.folds, args.seed)
-    paediatric = np.char.startswith(kinds.astype(str), "paediatric")
+    paediatric = paediatric_rows(kinds)
     scores = np.zeros(len(adults))
     for f in range(args.folds):
         keep = np.ones(len(kinds), dtype=bool)
