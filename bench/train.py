@@ -1,6 +1,6 @@
 """Training throughput of a recipe on this machine (images per second through Trainer, augmentation included).
 
-    python bench/train.py [--config configs/default_model.json] [--steps 40]
+    python bench/train.py [--config configs/convnext_atto_scratch.json] [--steps 40]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from common import REPO
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default=str(REPO / "configs" / "default_model.json"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "convnext_atto_scratch.json"))
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()
     import torch

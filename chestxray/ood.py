@@ -82,7 +82,8 @@ LAYOUT_SIDE = 8
 QUANTILES = (0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98)
 DESCRIPTOR_NAMES = ([f"layout_{i}" for i in range(LAYOUT_SIDE * LAYOUT_SIDE)] + [f"grey_q{q:g}" for q in QUANTILES]
                     + ["grey_std", "roughness_x", "roughness_y", "left_right_symmetry", "white_fraction",
-                       "black_fraction", "log_colourfulness"])
+                       "black_fraction", "log_colourfulness", "mid_grey_peak_share", "mid_grey_entropy",
+                       "mid_grey_flat_fraction"])
 # A reason guessed by the reason head only counts when it is this sure; otherwise "unlike the training X-rays".
 MIN_REASON_PROBABILITY = 0.5
 
@@ -163,8 +164,21 @@ def _roughness(pixels: np.ndarray, axis: int) -> float:
     return float(np.abs(np.diff(pixels, axis=axis)).mean() / max(float(pixels.std()), 1e-3))
 
 
+def _mid_grey_texture(pixels: np.ndarray) -> list[float]:
+    """How flat the mid-grey tissue is: a CT or MR window saturates soft tissue to one even grey (a histogram
+    spike, low entropy, flat neighbourhoods), which a radiograph's superimposed tissue never does. Coronal CT
+    reconstructions that look like frontal films otherwise passed the gate."""
+    mid = (pixels > 20 / 255) & (pixels < 235 / 255)
+    counts, _ = np.histogram(pixels[mid], bins=64, range=(20 / 255, 235 / 255))
+    shares = counts / max(int(counts.sum()), 1)
+    present = shares[shares > 0]
+    flat = (np.abs(np.diff(pixels, axis=1))[:-1, :] <= 1.5 / 255) & (np.abs(np.diff(pixels, axis=0))[:, :-1] <= 1.5 / 255)
+    inner = mid[:-1, :-1]
+    return [float(shares.max()), float(-(present * np.log(present)).sum()), float((flat & inner).sum() / max(int(inner.sum()), 1))]
+
+
 def image_descriptor(image: Image.Image) -> np.ndarray:
-    """The 79 numbers the learned gate reads from the image itself (see DESCRIPTOR_NAMES)."""
+    """The 81 numbers the learned gate reads from the image itself (see DESCRIPTOR_NAMES)."""
     pixels = thumbnail(image)
     step = THUMBNAIL_SIDE // LAYOUT_SIDE
     layout = pixels.reshape(LAYOUT_SIDE, step, LAYOUT_SIDE, step).mean(axis=(1, 3)).ravel()
@@ -176,7 +190,7 @@ def image_descriptor(image: Image.Image) -> np.ndarray:
     symmetry = float((left * right).sum() / (np.sqrt((left * left).sum() * (right * right).sum()) + 1e-6))
     statistics = [*np.quantile(pixels, QUANTILES), float(pixels.std()), _roughness(pixels, 1), _roughness(pixels, 0),
                   symmetry, float((pixels > 235 / 255).mean()), float((pixels < 20 / 255).mean()),
-                  float(np.log1p(image.info.get("colourfulness", 0.0)))]
+                  float(np.log1p(image.info.get("colourfulness", 0.0))), *_mid_grey_texture(pixels)]
     return np.concatenate([layout, np.asarray(statistics)]).astype(np.float64)
 
 

