@@ -95,7 +95,7 @@ def test_card_carries_the_measured_numbers(trained_model, tiny_image_folder):
     text = (trained_model / "README.md").read_text()
     assert str(tiny_image_folder) not in text and str(tiny_image_folder.parent) not in text  # no local path either
     assert "not a medical device" in text
-    assert "Trained from scratch" in text
+    assert "Trained from random initialisation (no pretrained weights)." in text
     assert "patient-level hold-out" in text
     assert "it was not available where this model was trained" not in text  # this one has a test split
 

@@ -163,8 +163,8 @@ def build_trainer(teachers: Teachers | None, temperature: float, weight: float, 
 
 
 def describe(paths: Sequence[str] | str | None, temperature: float, weight: float) -> str:
-    """One line for the training summary and the card's hyperparameters."""
-    folders = teacher_paths(paths)
+    """One line for the training summary and the card's hyperparameters (published: absolute paths cut to names)."""
+    folders = [Path(path).name if Path(path).is_absolute() else path for path in teacher_paths(paths)]
     if not folders:
         return "none"
     return f"from {', '.join(folders)} (logits averaged); temperature {temperature}, weight {weight}"
