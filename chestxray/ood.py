@@ -78,6 +78,7 @@ MAX_WHITE_FRACTION = 0.55  # radiographs are mostly mid-grey and dark; documents
 MAX_ROUGHNESS = 0.5  # mean neighbour difference / contrast: radiographs are smooth (max 0.25), noise is not (~1.0)
 
 THUMBNAIL_SIDE = 64
+BLACK_LEVEL, WHITE_LEVEL = 20 / 255, 235 / 255  # the descriptor's near-black and near-white; mid-grey lies between
 LAYOUT_SIDE = 8
 QUANTILES = (0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98)
 DESCRIPTOR_NAMES = ([f"layout_{i}" for i in range(LAYOUT_SIDE * LAYOUT_SIDE)] + [f"grey_q{q:g}" for q in QUANTILES]
@@ -168,8 +169,8 @@ def _mid_grey_texture(pixels: np.ndarray) -> list[float]:
     """How flat the mid-grey tissue is: a CT or MR window saturates soft tissue to one even grey (a histogram
     spike, low entropy, flat neighbourhoods), which a radiograph's superimposed tissue never does. Coronal CT
     reconstructions that look like frontal films otherwise passed the gate."""
-    mid = (pixels > 20 / 255) & (pixels < 235 / 255)
-    counts, _ = np.histogram(pixels[mid], bins=64, range=(20 / 255, 235 / 255))
+    mid = (pixels > BLACK_LEVEL) & (pixels < WHITE_LEVEL)
+    counts, _ = np.histogram(pixels[mid], bins=64, range=(BLACK_LEVEL, WHITE_LEVEL))
     shares = counts / max(int(counts.sum()), 1)
     present = shares[shares > 0]
     flat = (np.abs(np.diff(pixels, axis=1))[:-1, :] <= 1.5 / 255) & (np.abs(np.diff(pixels, axis=0))[:, :-1] <= 1.5 / 255)
@@ -189,7 +190,7 @@ def image_descriptor(image: Image.Image) -> np.ndarray:
     left, right = left - left.mean(), right - right.mean()
     symmetry = float((left * right).sum() / (np.sqrt((left * left).sum() * (right * right).sum()) + 1e-6))
     statistics = [*np.quantile(pixels, QUANTILES), float(pixels.std()), _roughness(pixels, 1), _roughness(pixels, 0),
-                  symmetry, float((pixels > 235 / 255).mean()), float((pixels < 20 / 255).mean()),
+                  symmetry, float((pixels > WHITE_LEVEL).mean()), float((pixels < BLACK_LEVEL).mean()),
                   float(np.log1p(image.info.get("colourfulness", 0.0))), *_mid_grey_texture(pixels)]
     return np.concatenate([layout, np.asarray(statistics)]).astype(np.float64)
 

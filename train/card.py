@@ -7,7 +7,9 @@ before a push can never disagree with the numbers next to the weights.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
+from typing import Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -21,6 +23,16 @@ POLICIES_FILE = "operating_points.json"  # written by train.policies
 CARD_METRICS = {"roc_auc": "ROC-AUC", "accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1"}
 DEFAULT_SPACE_ID = "YOUR_USER/pneumonia-xray-demo"
 DATASET_NAME = "Chest X-ray pneumonia (Kermany et al.)"
+
+
+def published_path(path: str) -> str:
+    """A path as the card may show it, which is published: an absolute path (someone's disk) is cut to its name."""
+    return Path(path).name if Path(path).is_absolute() else path
+
+
+def shareable_command(module: str, argv: Sequence[str]) -> str:
+    """The card's "reproduce with" command line, its paths as `published_path` shows them."""
+    return f"python -m {module} " + shlex.join(published_path(arg) for arg in argv)
 
 
 def _fmt(value) -> str:

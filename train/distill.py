@@ -40,6 +40,7 @@ from transformers import HfArgumentParser, Trainer
 from chestxray.classifier import ModelLoadError, PneumoniaClassifier
 from chestxray.imaging import to_model_input
 from chestxray.preprocess import Preprocessing
+from train.card import published_path, shareable_command
 from train.data import LABEL2ID
 
 TEACHER_INPUT_PREFIX = "teacher_pixel_values_"
@@ -164,7 +165,7 @@ def build_trainer(teachers: Teachers | None, temperature: float, weight: float, 
 
 def describe(paths: Sequence[str] | str | None, temperature: float, weight: float) -> str:
     """One line for the training summary and the card's hyperparameters (published: absolute paths cut to names)."""
-    folders = [Path(path).name if Path(path).is_absolute() else path for path in teacher_paths(paths)]
+    folders = [published_path(path) for path in teacher_paths(paths)]
     if not folders:
         return "none"
     return f"from {', '.join(folders)} (logits averaged); temperature {temperature}, weight {weight}"
@@ -196,7 +197,7 @@ def convert_imagenet_weights_if_missing(base: str | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.pipeline import main as train_main, shareable_command
+    from train.pipeline import main as train_main
 
     (args,) = HfArgumentParser(RecipeArguments, prog="python -m train.distill").parse_args_into_dataclasses(args=argv)
     student = json.loads(Path(args.student_config).read_text())

@@ -7,11 +7,9 @@ import json
 import logging
 import platform
 import random
-import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -28,7 +26,7 @@ from train.arguments import DataArguments, ModelArguments, XRayTrainingArguments
 from train.augment import XRayAugmentation
 from train.calibrate import folded_logits, select_operating_point
 from train.calibration import positive_probabilities
-from train.card import SUMMARY_FILE, render_card
+from train.card import SUMMARY_FILE, render_card, shareable_command
 from train.distill import Teachers, build_trainer, load_teachers, teacher_paths, teacher_pixel_values
 from train.distill import describe as describe_distillation
 from train.data import (BATCH_HOLDOUT_SPLIT, LABEL_NAMES, PreparedData, batch_holdout_description, batch_holdout_summary,
@@ -218,11 +216,6 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
     (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     arguments = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "training": training_args.to_dict()}
     (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2, default=str) + "\n")
-
-
-def shareable_command(module: str, argv: Sequence[str]) -> str:
-    """The command line for the card, which is published: absolute paths (someone's disk) are cut to their names."""
-    return f"python -m {module} " + shlex.join(Path(arg).name if Path(arg).is_absolute() else arg for arg in argv)
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRayTrainingArguments,
