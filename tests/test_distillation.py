@@ -66,6 +66,31 @@ def test_each_teacher_gets_its_own_preprocessing_and_no_gradient(trained_model, 
     assert all(not c.model.training for c in teachers.classifiers)
 
 
+def test_on_the_cpu_teachers_run_on_onnx_runtime_with_the_pytorch_logits(trained_model, other_teacher):
+    fast = load_teachers([str(trained_model), str(other_teacher)])
+    slow = load_teachers([str(trained_model), str(other_teacher)], onnx=False)
+    assert [c.runtime for c in fast.classifiers] == ["onnxruntime"] * 2
+    assert [c.runtime for c in slow.classifiers] == ["pytorch"] * 2
+    assert not (other_teacher / "onnx").exists()  # the export made for the run lives in a temporary folder
+    images = [synthetic_xray(label, 910 + label) for label in (0, 1)]
+    batch = {key: torch.stack(values) for key, values in fast.inputs(images).items()}
+    cpu = torch.device("cpu")
+    assert torch.allclose(fast.logits(batch, cpu), slow.logits(batch, cpu), atol=1e-4)
+
+
+def test_a_teacher_that_cannot_be_exported_runs_on_pytorch(other_teacher, monkeypatch, caplog):
+    import train.export_onnx
+
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("exporter unavailable")
+
+    monkeypatch.setattr(train.export_onnx, "export_onnx", broken_export)
+    teachers = load_teachers([str(other_teacher)])
+    assert teachers.classifiers[0].runtime == "pytorch" and "exporter unavailable" in caplog.text
+    batch = {key: torch.stack(values) for key, values in teachers.inputs([synthetic_xray(1, 920)]).items()}
+    assert teachers.logits(batch, torch.device("cpu")).shape == (1, 2)
+
+
 def test_a_student_learns_from_two_teachers(trained_model, other_teacher, tiny_image_folder, tmp_path, monkeypatch):
     import train.distill
     from train.pipeline import main as train_main
@@ -121,7 +146,9 @@ def test_one_command_runs_the_recipe_from_imagenet_weights_to_student(tiny_image
                         "checkpoint_image_size": 64, "num_train_epochs": 2, "learning_rate": 1e-3,
                         "output_dir": str(tmp_path / "teacher-lite0")}
     scratch_teacher = {**common, **tiny_convnext, "num_train_epochs": 2, "output_dir": str(tmp_path / "teacher-convnext")}
-    student = {**common, **tiny_convnext, "num_train_epochs": 3, "output_dir": str(tmp_path / "student"),
+    # As the shipped recipe: the student starts from the scratch teacher's weights and learns from both.
+    student = {**common, **tiny_convnext, "model_name_or_path": scratch_teacher["output_dir"], "num_train_epochs": 2,
+               "output_dir": str(tmp_path / "student"),
                "teacher_model_name_or_path": [imagenet_teacher["output_dir"], scratch_teacher["output_dir"]]}
     configs = {"teacher-lite0": imagenet_teacher, "teacher-convnext": scratch_teacher, "student": student}
     for name, config in configs.items():
@@ -134,8 +161,11 @@ def test_one_command_runs_the_recipe_from_imagenet_weights_to_student(tiny_image
     assert json.loads((tmp_path / "teacher-convnext" / "config.json").read_text())["model_type"] == "convnext"
     summary = json.loads((tmp_path / "student" / "training_summary.json").read_text())
     taught_by = summary["hyperparameters"]["knowledge distillation"]
-    assert summary["model_type"] == "convnext"
+    assert summary["model_type"] == "convnext" and summary["base_model_local"]
     assert taught_by.startswith("from teacher-lite0, teacher-convnext (logits averaged)")
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "Fine-tuned from `teacher-convnext`, a local model folder (not on the Hub)." in card
+    assert "base_model" not in card.split("---")[1] and "huggingface.co/" + str(tmp_path) not in card
     # The card reproduces the whole recipe, without anyone's absolute paths.
     assert summary["command"] == ("python -m train.distill --teacher_config teacher-lite0.json teacher-convnext.json "
                                   "--student_config student.json")
@@ -157,3 +187,5 @@ def test_the_shipped_recipe_configs_teach_the_student_with_every_teacher():
     student = json.loads((ROOT / recipe.student_config).read_text())
     teachers = [json.loads((ROOT / path).read_text()) for path in recipe.teacher_config]
     assert sorted(t["output_dir"] for t in teachers) == sorted(teacher_paths(student["teacher_model_name_or_path"]))
+    # The student starts from the scratch ConvNeXt teacher (same network), trained before it.
+    assert student["model_name_or_path"] == teachers[-1]["output_dir"] and "model_name_or_path" not in teachers[-1]

@@ -88,7 +88,22 @@ def test_lite0_fine_tunes_with_a_two_label_head(fine_tuned):
     assert summary["model_type"] == "efficientnet" and summary["base_model"].endswith("efficientnet-lite0")
     report = json.loads((fine_tuned / "metrics_validation.json").read_text())
     assert report["metrics"]["roc_auc"] >= 0.9  # ImageNet features separate the synthetic opacities at once
-    assert "efficientnet" in (fine_tuned / "README.md").read_text()
+    card = (fine_tuned / "README.md").read_text()
+    assert "efficientnet" in card and summary["architecture"] == "EfficientNetForImageClassification"
+    # A local starting point is named, not linked to the Hub nor put in the Hub metadata.
+    assert summary["base_model_local"] and "Fine-tuned from `efficientnet-lite0`, a local model folder" in card
+    assert "base_model" not in card.split("---")[1]
+
+
+def test_efficientnet_trains_in_channels_last_memory_and_convnext_does_not(lite0_folder):
+    from train.arguments import ModelArguments
+    from train.modeling import build_model
+
+    lite0 = build_model(ModelArguments(model_name_or_path=str(lite0_folder))).model
+    convolutions = [m.weight for m in lite0.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
+    convnext = build_model(ModelArguments(model_type="convnext", model_size="atto", image_size=32)).model
+    assert all(w.is_contiguous() for w in convnext.parameters())
 
 
 def test_the_fine_tuned_folder_serves_on_onnx_with_grad_cam_and_the_ood_check(fine_tuned):

@@ -35,6 +35,12 @@ def shareable_command(module: str, argv: Sequence[str]) -> str:
     return f"python -m {module} " + shlex.join(published_path(arg) for arg in argv)
 
 
+def hub_base_model(summary: dict) -> str | None:
+    """The base model's Hub id, or None when it was trained from scratch or started from a local folder."""
+    base = summary.get("base_model")
+    return None if not base or summary.get("base_model_local") else base
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -77,7 +83,7 @@ def render_card(model_dir: str | Path, repo_id: str | None = None, space_id: str
         pipeline_tag="image-classification",
         tags=["medical-imaging", "chest-x-ray", "pneumonia", "image-classification", summary["model_type"]],
         datasets=[summary["dataset_id"]] if summary.get("dataset_id") else None,
-        base_model=summary.get("base_model"),
+        base_model=hub_base_model(summary),
         metrics=["roc_auc", "accuracy", "recall", "precision", "f1"],
         eval_results=eval_results(reports, summary.get("dataset_id")) or None,
     )
@@ -89,6 +95,8 @@ def render_card(model_dir: str | Path, repo_id: str | None = None, space_id: str
         repo_id=repo_id,
         space_id=space_id or summary.get("space_id") or DEFAULT_SPACE_ID,
         reports=reports,
+        hub_base_model=hub_base_model(summary),
+        base_model_name=Path(summary["base_model"]).name if summary.get("base_model") else None,
         has_onnx=(model_dir / ONNX_FILE).is_file(),
         robustness=json.loads((model_dir / ROBUSTNESS_FILE).read_text()) if (model_dir / ROBUSTNESS_FILE).is_file() else None,
         gate=json.loads((model_dir / GATE_CONFIG_FILE).read_text()) if (model_dir / GATE_CONFIG_FILE).is_file() else None,

@@ -24,12 +24,12 @@ from chestxray.runtime import MATCH_TOLERANCE, ONNX_FILE, WEIGHTS_FILE, WEIGHTS_
 logger = logging.getLogger(__name__)
 
 
-def export_onnx(classifier: PneumoniaClassifier, folder: str | Path) -> Path:
-    """Write `folder/onnx/model.onnx` for `classifier`'s weights (as saved in `folder/model.safetensors`);
-    raises if it does not reproduce them."""
+def export_onnx(classifier: PneumoniaClassifier, folder: str | Path, destination: str | Path | None = None) -> Path:
+    """Write `folder/onnx/model.onnx` (or under `destination`) for `classifier`'s weights (as saved in
+    `folder/model.safetensors`); raises if it does not reproduce them."""
     import onnx
 
-    path = Path(folder) / ONNX_FILE
+    path = Path(destination or folder) / ONNX_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     network = LogitsAndFeatures(classifier.model).eval()
     size = classifier.image_size

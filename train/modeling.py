@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import torch
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -47,6 +48,9 @@ EFFICIENTNET_SIZES = {"lite0": EFFICIENTNET_LITE0_STAGES}
 # PyTorch's batch-norm momentum is 1 - TensorFlow's; transformers' EfficientNet default (0.99) is TensorFlow's
 # number and would replace the running statistics with every batch's while training.
 EFFICIENTNET_BN_MOMENTUM = 0.01
+# Trained in channels-last memory: oneDNN's depthwise convolutions are much faster so on the CPU (a Lite0 step at
+# 192 px, batch 32, 2 cores: 1.6 s instead of 2.8 s); ConvNeXt gains nothing (0.97 s against 0.91 s), so it stays.
+CHANNELS_LAST_TYPES = ("efficientnet",)
 # Grey radiographs are far from ImageNet statistics; centring on mid-grey keeps inputs near zero.
 XRAY_MEAN = [0.5, 0.5, 0.5]
 XRAY_STD = [0.25, 0.25, 0.25]
@@ -60,6 +64,13 @@ class BuiltModel:
 
 
 def build_model(model_args) -> BuiltModel:
+    built = _build(model_args)
+    if built.model.config.model_type in CHANNELS_LAST_TYPES:
+        built.model.to(memory_format=torch.channels_last)
+    return built
+
+
+def _build(model_args) -> BuiltModel:
     labels = dict(num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID)
     if model_args.model_name_or_path:
         return _from_checkpoint(model_args, labels)
@@ -69,6 +80,18 @@ def build_model(model_args) -> BuiltModel:
         apply_overrides(config, model_args.config_overrides)
     model = AutoModelForImageClassification.from_config(config)
     return BuiltModel(model, squash_processor(model_args.image_size, XRAY_MEAN, XRAY_STD), None)
+
+
+def architecture_name(config: PretrainedConfig, model_args) -> str:
+    """"ConvNeXt-atto" for a ConvNeXt of a known size (also when fine-tuned from a folder), else the class name."""
+    if config.model_type == "convnext":
+        size = next((name for name, dims in CONVNEXT_SIZES.items()
+                     if list(config.depths) == dims["depths"] and list(config.hidden_sizes) == dims["hidden_sizes"]), None)
+        if size:
+            return f"ConvNeXt-{size}"
+    if config.model_type == "vit" and not model_args.model_name_or_path:
+        return f"ViT-{model_args.model_size}"
+    return config.architectures[0] if config.architectures else config.model_type
 
 
 def scratch_config(model_type: str, size: str, image_size: int, drop_path_rate: float) -> PretrainedConfig:

@@ -33,7 +33,7 @@ from train.data import (BATCH_HOLDOUT_SPLIT, LABEL_NAMES, PreparedData, batch_ho
                         load_image, load_raw_dataset, prepare_splits, write_split_lists)
 from train.export_onnx import export_onnx
 from train.figures import training_curves
-from train.modeling import build_model
+from train.modeling import architecture_name, build_model
 from train.ood import dataset_features, gate_summary, write_gate_for_splits, write_reference
 from train.push import PushError, hub_token, push_model_folder
 from train.report import dataset_logits, evaluate_split, load_metric
@@ -171,9 +171,9 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
     size = model_args.image_size if not model_args.model_name_or_path else built.processor.size["height"]
     summary = {
         "model_type": model.config.model_type,
-        "architecture": (f"ConvNeXt-{model_args.model_size}" if model.config.model_type == "convnext" else f"ViT-{model_args.model_size}")
-        if not model_args.model_name_or_path else model.config.architectures[0] if model.config.architectures else model.config.model_type,
+        "architecture": architecture_name(model.config, model_args),
         "base_model": built.base_model,
+        "base_model_local": bool(built.base_model) and Path(built.base_model).is_dir(),  # not a Hub id: no link, no metadata
         "parameter_count": f"{parameters / 1e6:.2f} M",
         "weights_size": f"{weights / 2**20:.1f} MiB",
         "image_size": size,
