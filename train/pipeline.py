@@ -234,7 +234,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
         training_args.push_to_hub = False  # one push, of the finished folder, by train.push
     set_seed(training_args.seed)
     teacher_folders = teacher_paths(model_args.teacher_model_name_or_path)
-    teachers = load_teachers(teacher_folders) if teacher_folders else None  # fail before the data are read
+    # Fail before the data are read; ONNX copies of the teachers only where they will run (on the CPU).
+    teachers = load_teachers(teacher_folders, onnx=training_args.device.type == "cpu") if teacher_folders else None
 
     prepared = prepare_splits(load_raw_dataset(data_args.dataset_name, data_args.data_dir, data_args.dataset_revision),
                               data_args, training_args.seed)
