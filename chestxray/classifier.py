@@ -22,7 +22,7 @@ from chestxray.imaging import ImageSource, read_image
 from chestxray.ood import (ANSWER, FRONTAL_CHEST, NOT_FRONTAL_CHEST, GateOutcome, OodGate, OodReference, gate_matches,
                            image_descriptor, judge_images, probe_pixels)
 from chestxray.preprocess import Preprocessing
-from chestxray.runtime import ONNX_FILE, RUNTIMES, OnnxRuntimeNetwork, load_onnx_runtime
+from chestxray.runtime import ONNX_FILE, RUNTIMES, OnnxRuntimeNetwork, first_line, load_onnx_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -228,8 +228,7 @@ def load_pytorch_model(folder: Path, name: str | Path):
     try:
         return AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
     except Exception as error:  # safetensors, JSON and config errors alike: one clear line, no traceback
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"Cannot load the model from `{name}` (damaged or incomplete model folder?): {reason}") from None
+        raise ModelLoadError(f"Cannot load the model from `{name}` (damaged or incomplete model folder?): {first_line(error)}") from None
 
 
 def resolve_model_folder(model_id_or_path: str | Path, revision: str | None = None) -> Path:

@@ -42,6 +42,12 @@ class OnnxRuntimeNetwork:
         return torch.from_numpy(logits), torch.from_numpy(features)
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message cut to its first line (its type's name if it has none): one readable log or UI line."""
+    message = str(error).strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -61,7 +67,7 @@ def load_onnx_runtime(folder: Path, runtime: str = "auto") -> OnnxRuntimeNetwork
         logger.info("onnxruntime is not installed: predictions run on PyTorch.")
         return None
     except Exception as error:  # a damaged file must not stop the app: the safetensors weights still work
-        logger.warning("Ignoring %s (%s): predictions run on PyTorch.", path, str(error).splitlines()[0] if str(error) else error)
+        logger.warning("Ignoring %s (%s): predictions run on PyTorch.", path, first_line(error))
         return None
     if network.weights_hash != file_sha256(Path(folder) / WEIGHTS_FILE):
         logger.warning("Ignoring %s: it was not exported from this %s (a stale export?); predictions run on PyTorch.",

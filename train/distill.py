@@ -44,7 +44,7 @@ from transformers import HfArgumentParser, Trainer
 from chestxray.classifier import ModelLoadError, PneumoniaClassifier
 from chestxray.imaging import to_model_input
 from chestxray.preprocess import Preprocessing
-from chestxray.runtime import OnnxRuntimeNetwork
+from chestxray.runtime import OnnxRuntimeNetwork, first_line
 from train.card import published_path, shareable_command
 from train.data import LABEL2ID
 
@@ -138,7 +138,7 @@ def export_teacher(classifier: PneumoniaClassifier, source: str, folder: Path) -
         return OnnxRuntimeNetwork(export_onnx(classifier, Path(classifier.source), destination=folder),
                                   torch.get_num_threads())
     except Exception as error:  # noqa: BLE001 - a missing exporter or a failed check only costs speed
-        logger.warning("Teacher %s runs on PyTorch (no ONNX export: %s).", source, str(error).splitlines()[0] if str(error) else error)
+        logger.warning("Teacher %s runs on PyTorch (no ONNX export: %s).", source, first_line(error))
         return None
 
 

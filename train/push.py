@@ -11,6 +11,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import HfArgumentParser
 
+from chestxray.runtime import first_line
 from train.card import SUMMARY_FILE, render_card
 
 # Trainer checkpoints hold optimizer pickles and are only for resuming; they never go to the Hub.
@@ -58,7 +59,7 @@ def push_model_folder(model_dir: str | Path, repo_id: str, private: bool = False
         api.upload_folder(folder_path=str(model_dir), repo_id=repo_id, repo_type="model",
                           ignore_patterns=IGNORE_PATTERNS, commit_message=commit_message)
     except HfHubHTTPError as error:
-        raise PushError(f"The Hub refused the push to `{repo_id}`: {str(error).splitlines()[0]}") from None
+        raise PushError(f"The Hub refused the push to `{repo_id}`: {first_line(error)}") from None
     except Exception as error:  # connection, TLS, proxy: the network boundary, whatever the HTTP library
         raise PushError(f"Cannot reach the Hugging Face Hub to push `{repo_id}`: {type(error).__name__}: {error}") from None
     return str(url)
