@@ -57,11 +57,53 @@ def test_the_flag_reaches_the_training_augmentation(tmp_path):
     from train.pipeline import parse_arguments
 
     _, data_args, _ = parse_arguments(["--data_dir", str(tmp_path), "--margin_augmentation", "0.5",
-                                       "--max_margin_fraction", "0.1"])
+                                       "--max_margin_fraction", "0.1", "--margin_swap", "0.3"])
     augmentation = XRayAugmentation.from_data_arguments(data_args)
     assert (augmentation.margin_probability, augmentation.max_margin_fraction) == (0.5, 0.1)
-    with pytest.raises(ValueError, match="probability"):
+    assert augmentation.margin_swap_probability == 0.3
+    with pytest.raises(ValueError, match="probabilities"):
         parse_arguments(["--data_dir", str(tmp_path), "--margin_augmentation", "1.5"])
+
+
+def test_the_margin_swap_keeps_each_centre_and_takes_another_images_margins():
+    augmentation = XRayAugmentation(margin_swap_probability=1.0, max_margin_fraction=0.15)
+    images = [Image.new("L", (100, 100), level) for level in (10, 120, 240)]
+    swapped = augmentation.swap_margins(images, random.Random(0))
+    again = augmentation.swap_margins(images, random.Random(0))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(swapped, again))
+    for image, result in zip(images, swapped):
+        pixels = np.asarray(result)
+        assert result.size == image.size and (centre(result, keep=0.7) == image.getpixel((0, 0))).all()
+        border = np.concatenate([pixels[:3].ravel(), pixels[-3:].ravel(), pixels[:, :3].ravel(), pixels[:, -3:].ravel()])
+        assert len(set(border.tolist())) == 1 and border[0] != image.getpixel((0, 0))  # another image's margin
+    assert XRayAugmentation().swap_margins(images, random.Random(0)) is images  # off by default
+    assert XRayAugmentation(margin_swap_probability=1.0).swap_margins(images[:1], random.Random(0)) == images[:1]
+
+
+def test_teachers_see_the_film_before_its_margins_are_swapped(trained_model):
+    import io
+
+    from transformers import AutoImageProcessor
+
+    from train.distill import load_teachers
+    from train.pipeline import make_transforms
+
+    processor = AutoImageProcessor.from_pretrained(trained_model)
+    teachers = load_teachers([str(trained_model)], onnx=False)
+    side = teachers.largest_side
+    images = [synthetic_xray(label, 40 + label, size=side) for label in (0, 1, 1, 0)]
+    cells = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        cells.append({"bytes": buffer.getvalue(), "path": None})
+    swap_only = XRayAugmentation(strength=0.0, margin_swap_probability=1.0)
+    train_transform, _ = make_transforms(processor, side, swap_only, teachers)
+    batch = train_transform({"image": cells, "label": [0, 1, 1, 0]})
+    as_filmed = teachers.inputs(images)["teacher_pixel_values_0"]
+    assert batch["labels"] == [0, 1, 1, 0]
+    assert all(torch.equal(seen, filmed) for seen, filmed in zip(batch["teacher_pixel_values_0"], as_filmed))
+    assert not any(torch.equal(student, filmed) for student, filmed in zip(batch["pixel_values"], as_filmed))
 
 
 def test_hide_centre_keeps_only_the_margins():

@@ -61,6 +61,12 @@ class DataArguments:
     max_margin_fraction: float = field(
         default=0.15, metadata={"help": "Largest share of each side the margin augmentation crops, pads or covers (times the strength)."}
     )
+    margin_swap: float = field(
+        default=0.0,
+        metadata={"help": "Probability that a training image keeps its label and centre but takes the margins (up to "
+                  "--max_margin_fraction of each side) of another image of its batch, of either class: the margins stop "
+                  "predicting the label. Teachers see the image before the swap."},
+    )
 
     def __post_init__(self) -> None:
         if (self.dataset_name is None) == (self.data_dir is None):
@@ -73,8 +79,8 @@ class DataArguments:
                 raise ValueError("--holdout_normal_batch must be NORMAL2 or IM (the two batches of Kermany's NORMAL images).")
         if self.holdout_pneumonia_fraction is not None and not 0.0 < self.holdout_pneumonia_fraction < 1.0:
             raise ValueError("--holdout_pneumonia_fraction must be between 0 and 1.")
-        if not 0.0 <= self.margin_augmentation <= 1.0:
-            raise ValueError("--margin_augmentation is a probability, between 0 and 1.")
+        if not 0.0 <= self.margin_augmentation <= 1.0 or not 0.0 <= self.margin_swap <= 1.0:
+            raise ValueError("--margin_augmentation and --margin_swap are probabilities, between 0 and 1.")
 
 
 @dataclass

@@ -74,8 +74,9 @@ def make_transforms(processor, image_size: int, augmentation: XRayAugmentation, 
         # Squash to the model size first (what the processor would do) so augmentation works on few pixels.
         images = [load_image(cell).resize((image_size, image_size), Image.Resampling.BILINEAR) for cell in batch["image"]]
         augmented = [augmentation(image, random) for image in images]
+        # Teachers judge the film as it was, so their soft labels carry no trace of the swapped margins.
         extra = teacher_pixel_values(teacher_processors, augmented) if teacher_processors else {}
-        return {"pixel_values": to_pixels(augmented), "labels": batch["label"], **extra}
+        return {"pixel_values": to_pixels(augmentation.swap_margins(augmented, random)), "labels": batch["label"], **extra}
 
     def eval_transform(batch: dict) -> dict:
         return {"pixel_values": to_pixels([load_image(cell) for cell in batch["image"]]), "labels": batch["label"]}
@@ -199,6 +200,7 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
             "zoom range": f"±{data_args.max_scale_change * data_args.augmentation_strength:.0%}",
             "horizontal flip": data_args.horizontal_flip, "early stopping patience": model_args.early_stopping_patience,
             "margin augmentation (probability, largest share of a side)": f"{data_args.margin_augmentation}, {data_args.max_margin_fraction:.0%}",
+            "margin swap between images (probability)": data_args.margin_swap,
             "knowledge distillation": describe_distillation(model_args.teacher_model_name_or_path, model_args.distillation_temperature,
                                                             model_args.distillation_weight),
             "seed": training_args.seed,

@@ -84,7 +84,7 @@ SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {
 }
 
 
-def _scores(classifier: PneumoniaClassifier, images: Sequence[Image.Image], labels: np.ndarray) -> dict:
+def scores_at_threshold(classifier: PneumoniaClassifier, images: Sequence[Image.Image], labels: np.ndarray) -> dict:
     """The network's calibrated scores, as the app computes them, without the serving gate: an altered X-ray the
     gate would refuse still shows where the threshold stands."""
     scores = classifier.calibrated_probabilities(classifier.logits(images, batch_size=32))
@@ -109,9 +109,9 @@ def shift_report(classifier: PneumoniaClassifier, images: Sequence[Image.Image],
     """ROC-AUC, and sensitivity and specificity at the stored threshold, for every shift; the margin check and
     the margin-only probe."""
     labels = np.asarray(labels)
-    rows = [{"shift": name, **_scores(classifier, [shift(image) for image in images], labels)} for name, shift in SHIFTS.items()]
+    rows = [{"shift": name, **scores_at_threshold(classifier, [shift(image) for image in images], labels)} for name, shift in SHIFTS.items()]
     probe = {"alteration": f"central {round(100 * (1 - 2 * PROBE_MARGIN))} % grey, {round(100 * PROBE_MARGIN)} % margins kept",
-             **_scores(classifier, [hide_centre(image) for image in images], labels)}
+             **scores_at_threshold(classifier, [hide_centre(image) for image in images], labels)}
     return {"split": "validation", "threshold": classifier.threshold, "images": len(labels), "shifts": rows,
             "margin_check": margin_check(rows), "margin_probe": probe}
 
