@@ -286,7 +286,8 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
                 with gr.Column():
                     # No file_types filter: DICOM often has no extension; the reader explains anything it cannot use.
                     upload = gr.File(label="Chest X-ray (PNG, JPEG, TIFF, BMP, WebP or DICOM)", type="filepath", elem_id="xray-upload")
-                    gr.Markdown("Upload a frontal chest X-ray of a child: the answer appears as soon as the file arrives.")
+                    gr.Markdown("Upload a frontal chest X-ray of a child, the whole film as exported rather than a crop of it "
+                                "(a tighter framing makes a false PNEUMONIA more likely): the answer appears as soon as the file arrives.")
                     preview = gr.Image(label="Your upload", type="pil", format="jpeg", height=IMAGE_HEIGHT, interactive=False,
                                        buttons=["fullscreen"], elem_id="upload-preview")
                 with gr.Column():

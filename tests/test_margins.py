@@ -151,6 +151,27 @@ def test_training_writes_the_probe_and_the_margin_check_and_the_card_shows_the_m
     assert "| black bars at the sides (10 %) |" in card
 
 
+def test_the_cards_limitations_name_the_shift_that_costs_the_most_specificity(trained_model, tmp_path):
+    import shutil
+
+    from train.card import render_card
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model, ignore=shutil.ignore_patterns("checkpoint-*"))
+    report = json.loads((model / ROBUSTNESS_FILE).read_text())
+    for row in report["shifts"]:
+        row["specificity"] = 0.9
+    next(row for row in report["shifts"] if row["shift"] == "borders cropped (left and top 10 %)")["specificity"] = 0.7
+    (model / ROBUSTNESS_FILE).write_text(json.dumps(report))
+    limitations = render_card(model).content.split("## Limitations and risks")[1].split("\n## ")[0]
+    assert ("of the shifts measured above, borders cropped (left and top 10 %) costs this model the most specificity: "
+            "0.700 against 0.900 as filmed") in limitations
+    for row in report["shifts"]:
+        row["specificity"] = 0.9  # no shift costs anything: nothing to warn about
+    (model / ROBUSTNESS_FILE).write_text(json.dumps(report))
+    assert "Framing and acquisition" not in render_card(model).content
+
+
 def test_margin_alterations_paint_grey_on_colour_uploads_too():
     image = synthetic_xray(1, 9, size=50).convert("RGB")
     for altered in (add_bars(image, 0.1, 0, 0, 0, fill=200), pad_sides(image, 0.1, 0, 0, 0, fill=200), hide_centre(image)):
