@@ -6,7 +6,8 @@ and how well the margins' plain statistics separate the classes without any netw
 For each model: on its `splits/validation.csv` and, for a batch hold-out sibling, `splits/batch_holdout.csv`
 (films never trained or validated on): ROC-AUC, sensitivity and specificity at the stored threshold, as filmed
 and under `train.shifts`' margin shifts; the probe's ROC-AUC (centre grey, 10 % margins kept) with a bootstrap
-interval over the films, and where its probabilities sit. Then, on the first model's validation films: the ROC-AUC of simple statistics of the 10 %
+interval over the films, and where its probabilities sit; whether the score follows the share of air (near-black
+pixels) within each class. Then, on the first model's validation films: the ROC-AUC of simple statistics of the 10 %
 margin band, as filmed and after a crop to the body (the box of rows and columns where more than 5 % of the
 pixels are brighter than grey 20), the crop issue 11 suggests.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
+from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,6 +77,7 @@ def report_model(model_dir: Path, train) -> None:
         for name in ("none", *MARGIN_SHIFTS):
             row = scores_at_threshold(classifier, [SHIFTS[name](image) for image in images], labels)
             print(f"| {split} | {len(labels)} | {name} | {row['roc_auc']:.4f} | {row['sensitivity']:.3f} | {row['specificity']:.3f} |")
+        print(f"| {split} | {len(labels)} | {air_dependence(classifier, images, labels)} | – | – | – |")
         logits = classifier.logits([hide_centre(image) for image in images], batch_size=32)
         probabilities = np.asarray(classifier.calibrated_probabilities(logits))
         positive = classifier.positive_index
@@ -83,6 +86,23 @@ def report_model(model_dir: Path, train) -> None:
         low, median, high = np.percentile(probabilities, [5, 50, 95])
         print(f"| {split} | {len(labels)} | margin-only probe (95 % bootstrap interval {ci_low:.3f}–{ci_high:.3f}; "
               f"P(PNEUMONIA) 5th/50th/95th percentile {low:.4f} / {median:.4f} / {high:.4f}) | {auc:.4f} | – | – |")
+
+
+def air_share(image: Image.Image) -> float:
+    """The share of near-black pixels: the air around the child, more of it on NORMAL films in this data."""
+    return float((np.asarray(image.convert("L").resize((SIDE, SIDE), Image.Resampling.BILINEAR)) <= BODY_LEVEL).mean())
+
+
+def air_dependence(classifier: PneumoniaClassifier, images: list[Image.Image], labels: np.ndarray) -> str:
+    """Does the score follow the air share within a class? A shortcut on framing would make NORMAL films with
+    little air (a tight framing) score higher: a negative rank correlation among NORMALs."""
+    logits = classifier.logits(images, batch_size=32)
+    margin = np.asarray(2 * logits[:, classifier.positive_index] - logits.sum(dim=1), dtype=np.float64)
+    air = np.array([air_share(image) for image in images])
+    cells = [f"air share NORMAL / PNEUMONIA {air[labels == 0].mean():.3f} / {air[labels == 1].mean():.3f}"]
+    for label, name in ((0, "NORMAL"), (1, "PNEUMONIA")):
+        cells.append(f"Spearman(air, score) among {name} {spearmanr(air[labels == label], margin[labels == label])[0]:+.3f}")
+    return "; ".join(cells)
 
 
 def bootstrap_interval(labels: np.ndarray, scores: np.ndarray, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
