@@ -80,12 +80,16 @@ def report_model(model_dir: Path, train) -> None:
         print(f"| {split} | {len(labels)} | {air_dependence(classifier, images, labels)} | – | – | – |")
         logits = classifier.logits([hide_centre(image) for image in images], batch_size=32)
         probabilities = np.asarray(classifier.calibrated_probabilities(logits))
-        positive = classifier.positive_index
-        logit_margin = np.asarray(2 * logits[:, positive] - logits.sum(dim=1), dtype=np.float64)  # unsaturated, same ranking
-        auc, (ci_low, ci_high) = roc_auc_score(labels, logit_margin), bootstrap_interval(labels, logit_margin)
+        margin = logit_margin(classifier, logits)
+        auc, (ci_low, ci_high) = roc_auc_score(labels, margin), bootstrap_interval(labels, margin)
         low, median, high = np.percentile(probabilities, [5, 50, 95])
         print(f"| {split} | {len(labels)} | margin-only probe (95 % bootstrap interval {ci_low:.3f}–{ci_high:.3f}; "
               f"P(PNEUMONIA) 5th/50th/95th percentile {low:.4f} / {median:.4f} / {high:.4f}) | {auc:.4f} | – | – |")
+
+
+def logit_margin(classifier: PneumoniaClassifier, logits) -> np.ndarray:
+    """PNEUMONIA logit minus NORMAL logit: the calibrated probability's ranking, without its saturation near 1."""
+    return np.asarray(2 * logits[:, classifier.positive_index] - logits.sum(dim=1), dtype=np.float64)
 
 
 def air_share(image: Image.Image) -> float:
@@ -96,8 +100,7 @@ def air_share(image: Image.Image) -> float:
 def air_dependence(classifier: PneumoniaClassifier, images: list[Image.Image], labels: np.ndarray) -> str:
     """Does the score follow the air share within a class? A shortcut on framing would make NORMAL films with
     little air (a tight framing) score higher: a negative rank correlation among NORMALs."""
-    logits = classifier.logits(images, batch_size=32)
-    margin = np.asarray(2 * logits[:, classifier.positive_index] - logits.sum(dim=1), dtype=np.float64)
+    margin = logit_margin(classifier, classifier.logits(images, batch_size=32))
     air = np.array([air_share(image) for image in images])
     cells = [f"air share NORMAL / PNEUMONIA {air[labels == 0].mean():.3f} / {air[labels == 1].mean():.3f}"]
     for label, name in ((0, "NORMAL"), (1, "PNEUMONIA")):
