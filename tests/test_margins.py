@@ -61,8 +61,16 @@ def test_the_flag_reaches_the_training_augmentation(tmp_path):
     augmentation = XRayAugmentation.from_data_arguments(data_args)
     assert (augmentation.margin_probability, augmentation.max_margin_fraction) == (0.5, 0.1)
     assert augmentation.margin_swap_probability == 0.3
+    _, data_args, _ = parse_arguments(["--data_dir", str(tmp_path), "--normal_crop", "0.5"])
+    assert XRayAugmentation.from_data_arguments(data_args).normal_crop_probability == 0.5
+    with pytest.raises(ValueError, match="probabilities"):
+        parse_arguments(["--data_dir", str(tmp_path), "--normal_crop", "2"])
     with pytest.raises(ValueError, match="probabilities"):
         parse_arguments(["--data_dir", str(tmp_path), "--margin_augmentation", "1.5"])
+    model_args, _, _ = parse_arguments(["--data_dir", str(tmp_path), "--teacher_view", "filmed"])
+    assert model_args.teacher_view == "filmed"
+    with pytest.raises(ValueError, match="teacher_view"):
+        parse_arguments(["--data_dir", str(tmp_path), "--teacher_view", "cropped"])
 
 
 def test_the_margin_swap_keeps_each_centre_and_takes_another_images_margins():
@@ -80,7 +88,7 @@ def test_the_margin_swap_keeps_each_centre_and_takes_another_images_margins():
     assert XRayAugmentation(margin_swap_probability=1.0).swap_margins(images[:1], random.Random(0)) == images[:1]
 
 
-def test_teachers_see_the_film_before_its_margins_are_swapped(trained_model):
+def test_teachers_see_the_film_before_its_margins_are_swapped_or_unaugmented_if_asked(trained_model):
     import io
 
     from transformers import AutoImageProcessor
@@ -97,13 +105,41 @@ def test_teachers_see_the_film_before_its_margins_are_swapped(trained_model):
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         cells.append({"bytes": buffer.getvalue(), "path": None})
-    swap_only = XRayAugmentation(strength=0.0, margin_swap_probability=1.0)
-    train_transform, _ = make_transforms(processor, side, swap_only, teachers)
-    batch = train_transform({"image": cells, "label": [0, 1, 1, 0]})
     as_filmed = teachers.inputs(images)["teacher_pixel_values_0"]
-    assert batch["labels"] == [0, 1, 1, 0]
-    assert all(torch.equal(seen, filmed) for seen, filmed in zip(batch["teacher_pixel_values_0"], as_filmed))
-    assert not any(torch.equal(student, filmed) for student, filmed in zip(batch["pixel_values"], as_filmed))
+
+    def seen_by(augmentation: XRayAugmentation, teacher_view: str) -> tuple[list, list]:
+        train_transform, _ = make_transforms(processor, side, augmentation, teachers, teacher_view)
+        batch = train_transform({"image": cells, "label": [0, 1, 1, 0]})
+        assert batch["labels"] == [0, 1, 1, 0]
+        return batch["teacher_pixel_values_0"], batch["pixel_values"]
+
+    def same(first: list, second: list) -> list[bool]:
+        return [torch.equal(a, b) for a, b in zip(first, second)]
+
+    teachers_saw, student_saw = seen_by(XRayAugmentation(strength=0.0, margin_swap_probability=1.0), "augmented")
+    assert all(same(teachers_saw, as_filmed)) and not any(same(student_saw, as_filmed))
+    # `--teacher_view filmed`: the whole augmentation is the student's alone.
+    everything = XRayAugmentation(margin_probability=1.0, margin_swap_probability=0.5)
+    teachers_saw, student_saw = seen_by(everything, "filmed")
+    assert all(same(teachers_saw, as_filmed)) and not any(same(student_saw, as_filmed))
+    teachers_saw, student_saw = seen_by(everything, "augmented")
+    assert not any(same(teachers_saw, as_filmed))
+
+
+def test_normal_crop_frames_only_normal_films_tighter():
+    augmentation = XRayAugmentation(normal_crop_probability=1.0, max_margin_fraction=0.15)
+    film = synthetic_xray(0, 11, size=120)
+    tighter = augmentation.reframe_normal(film, 0, random.Random(3))
+    assert tighter.size == film.size and tighter.mode == film.mode
+    assert not np.array_equal(np.asarray(tighter), np.asarray(film))
+    assert augmentation.reframe_normal(film, 1, random.Random(3)) is film  # PNEUMONIA films keep their framing
+    assert XRayAugmentation().reframe_normal(film, 0, random.Random(3)) is film  # off by default
+    # A tighter crop is a zoom: a white square in the middle of the film fills more of it afterwards.
+    square = Image.new("L", (120, 120), 0)
+    square.paste(255, (40, 40, 80, 80))
+    for seed in range(5):
+        zoomed = np.asarray(augmentation.reframe_normal(square, 0, random.Random(seed)))
+        assert zoomed.shape == (120, 120) and (zoomed > 127).sum() > 40 * 40
 
 
 def test_hide_centre_keeps_only_the_margins():

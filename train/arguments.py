@@ -7,6 +7,8 @@ from typing import Optional
 
 from transformers import HfArgumentParser, TrainingArguments
 
+TEACHER_VIEWS = ("augmented", "filmed")
+
 
 @dataclass
 class DataArguments:
@@ -67,6 +69,13 @@ class DataArguments:
                   "--max_margin_fraction of each side) of another image of its batch, of either class: the margins stop "
                   "predicting the label. Teachers see the image before the swap."},
     )
+    normal_crop: float = field(
+        default=0.0,
+        metadata={"help": "Probability that a NORMAL training film is first cropped tighter (up to --max_margin_fraction off "
+                  "each side, drawn per side), so that a chest filling the picture stops meaning PNEUMONIA: in this data "
+                  "PNEUMONIA films show less background. Label-dependent, unlike every other augmentation; it reversed the "
+                  "bias at a cost on a new batch (docs/experiments.md), so the bundled recipe leaves it at 0."},
+    )
 
     def __post_init__(self) -> None:
         if (self.dataset_name is None) == (self.data_dir is None):
@@ -79,8 +88,8 @@ class DataArguments:
                 raise ValueError("--holdout_normal_batch must be NORMAL2 or IM (the two batches of Kermany's NORMAL images).")
         if self.holdout_pneumonia_fraction is not None and not 0.0 < self.holdout_pneumonia_fraction < 1.0:
             raise ValueError("--holdout_pneumonia_fraction must be between 0 and 1.")
-        if not 0.0 <= self.margin_augmentation <= 1.0 or not 0.0 <= self.margin_swap <= 1.0:
-            raise ValueError("--margin_augmentation and --margin_swap are probabilities, between 0 and 1.")
+        if not all(0.0 <= p <= 1.0 for p in (self.margin_augmentation, self.margin_swap, self.normal_crop)):
+            raise ValueError("--margin_augmentation, --margin_swap and --normal_crop are probabilities, between 0 and 1.")
 
 
 @dataclass
@@ -134,6 +143,12 @@ class ModelArguments:
     distillation_weight: float = field(
         default=0.5, metadata={"help": "Share of the distillation term in the loss; the rest is the class-weighted CE."}
     )
+    teacher_view: str = field(
+        default="augmented",
+        metadata={"help": "What the teachers judge: `augmented` (the student's augmented image, before any margin swap) or "
+                  "`filmed` (the film as filmed, unaugmented: a film's soft label then does not depend on how the "
+                  "student's copy is framed; it did not change the framing bias, docs/experiments.md)."},
+    )
     early_stopping_patience: int = field(default=5, metadata={"help": "Epochs without validation AUC gain before stopping; 0 disables."})
     hub_dataset_card_id: Optional[str] = field(
         default=None, metadata={"help": "When --data_dir is a local copy of a Hub dataset, its id, named in the card's metadata "
@@ -147,6 +162,8 @@ class ModelArguments:
 
         if self.threshold_strategy not in STRATEGIES:
             raise ValueError(f"--threshold_strategy must be one of {', '.join(STRATEGIES)}.")
+        if self.teacher_view not in TEACHER_VIEWS:
+            raise ValueError(f"--teacher_view must be one of {', '.join(TEACHER_VIEWS)}.")
         if not 0.0 <= self.distillation_weight <= 1.0 or self.distillation_temperature <= 0:
             raise ValueError("--distillation_weight must be between 0 and 1 and --distillation_temperature positive.")
 

@@ -43,6 +43,7 @@ class XRayAugmentation:
     max_margin_fraction: float = 0.15
     max_edge_gain_change: float = 0.4
     margin_swap_probability: float = 0.0
+    normal_crop_probability: float = 0.0
 
     @classmethod
     def from_data_arguments(cls, data_args) -> "XRayAugmentation":
@@ -51,7 +52,8 @@ class XRayAugmentation:
                    max_scale_change=data_args.max_scale_change,
                    margin_probability=data_args.margin_augmentation,
                    max_margin_fraction=data_args.max_margin_fraction,
-                   margin_swap_probability=data_args.margin_swap)
+                   margin_swap_probability=data_args.margin_swap,
+                   normal_crop_probability=data_args.normal_crop)
 
     def __call__(self, image: Image.Image, rng: random.Random) -> Image.Image:
         """Augment one grey ("L") image; `rng` makes runs reproducible per worker."""
@@ -88,6 +90,15 @@ class XRayAugmentation:
             return add_bars(image, *(kept if any(kept) else sides), fill=fill)
         gain = 1 + rng.uniform(-1, 1) * self.max_edge_gain_change * s
         return edge_exposure(image, gain, max(limit, 0.02))
+
+    def reframe_normal(self, image: Image.Image, label: int, rng: random.Random) -> Image.Image:
+        """A NORMAL film (label 0), with `normal_crop_probability`, cropped tighter and brought back to its size.
+        Zooming both classes at random leaves PNEUMONIA films tighter on average; only tighter NORMAL films say
+        that a tight framing is no sign of disease."""
+        if label != 0 or rng.random() >= self.normal_crop_probability:
+            return image
+        sides = [rng.uniform(0, self.max_margin_fraction) for _ in range(4)]
+        return crop_sides(image, *sides).resize(image.size, Image.Resampling.BILINEAR)
 
     def swap_margins(self, images: list[Image.Image], rng: random.Random) -> list[Image.Image]:
         """A batch's images, each with `margin_swap_probability` given the margins (a band of each side, up to

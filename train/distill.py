@@ -193,12 +193,13 @@ def build_trainer(teachers: Teachers | None, temperature: float, weight: float, 
     return DistillationTrainer(teachers=teachers, **trainer_kwargs)
 
 
-def describe(paths: Sequence[str] | str | None, temperature: float, weight: float) -> str:
+def describe(paths: Sequence[str] | str | None, temperature: float, weight: float, view: str = "augmented") -> str:
     """One line for the training summary and the card's hyperparameters (published: absolute paths cut to names)."""
     folders = [published_path(path) for path in teacher_paths(paths)]
     if not folders:
         return "none"
-    return f"from {', '.join(folders)} (logits averaged); temperature {temperature}, weight {weight}"
+    seen = "; teachers judge the unaugmented film" if view == "filmed" else ""
+    return f"from {', '.join(folders)} (logits averaged); temperature {temperature}, weight {weight}{seen}"
 
 
 @dataclass

@@ -61,9 +61,10 @@ def json_to_flags(config: dict) -> list[str]:
     return flags
 
 
-def make_transforms(processor, image_size: int, augmentation: XRayAugmentation, teachers: Teachers | None = None):
+def make_transforms(processor, image_size: int, augmentation: XRayAugmentation, teachers: Teachers | None = None,
+                    teacher_view: str = "augmented"):
     """Lazy `set_transform` functions: augmentation on train only, one processor for every split (and with
-    teachers, each teacher's own processor on the same augmented image)."""
+    teachers, each teacher's own processor on the augmented image, or on the film as filmed: `teacher_view`)."""
 
     teacher_processors = teachers.processors if teachers is not None else None
 
@@ -73,9 +74,12 @@ def make_transforms(processor, image_size: int, augmentation: XRayAugmentation, 
     def train_transform(batch: dict) -> dict:
         # Squash to the model size first (what the processor would do) so augmentation works on few pixels.
         images = [load_image(cell).resize((image_size, image_size), Image.Resampling.BILINEAR) for cell in batch["image"]]
-        augmented = [augmentation(image, random) for image in images]
-        # Teachers judge the film as it was, so their soft labels carry no trace of the swapped margins.
-        extra = teacher_pixel_values(teacher_processors, augmented) if teacher_processors else {}
+        augmented = [augmentation(augmentation.reframe_normal(image, label, random), random)
+                     for image, label in zip(images, batch["label"])]
+        # Teachers never see the swapped margins; with `filmed` they see no augmentation at all, so a film's soft
+        # label is the same however the student's copy is framed or exposed.
+        judged = images if teacher_view == "filmed" else augmented
+        extra = teacher_pixel_values(teacher_processors, judged) if teacher_processors else {}
         return {"pixel_values": to_pixels(augmentation.swap_margins(augmented, random)), "labels": batch["label"], **extra}
 
     def eval_transform(batch: dict) -> dict:
@@ -201,8 +205,9 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
             "horizontal flip": data_args.horizontal_flip, "early stopping patience": model_args.early_stopping_patience,
             "margin augmentation (probability, largest share of a side)": f"{data_args.margin_augmentation}, {data_args.max_margin_fraction:.0%}",
             "margin swap between images (probability)": data_args.margin_swap,
+            "tighter crop of NORMAL films (probability)": data_args.normal_crop,
             "knowledge distillation": describe_distillation(model_args.teacher_model_name_or_path, model_args.distillation_temperature,
-                                                            model_args.distillation_weight),
+                                                            model_args.distillation_weight, model_args.teacher_view),
             "seed": training_args.seed,
         },
         "training_minutes": round(minutes, 1),
@@ -251,7 +256,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     augmentation = XRayAugmentation.from_data_arguments(data_args)
     # With a bigger teacher, augment at its side so that neither network sees an upsampled image.
     augment_side = max(image_size, teachers.largest_side) if teachers else image_size
-    train_transform, eval_transform = make_transforms(built.processor, augment_side, augmentation, teachers)
+    train_transform, eval_transform = make_transforms(built.processor, augment_side, augmentation, teachers,
+                                                       model_args.teacher_view)
     train_set = prepared.splits["train"].with_transform(train_transform)
     validation_set = prepared.splits["validation"].with_transform(eval_transform)
 
