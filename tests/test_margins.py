@@ -133,7 +133,9 @@ def test_normal_crop_frames_only_normal_films_tighter():
     assert tighter.size == film.size and tighter.mode == film.mode
     assert not np.array_equal(np.asarray(tighter), np.asarray(film))
     assert augmentation.reframe_normal(film, 1, random.Random(3)) is film  # PNEUMONIA films keep their framing
-    assert XRayAugmentation().reframe_normal(film, 0, random.Random(3)) is film  # off by default
+    rng = random.Random(3)
+    assert XRayAugmentation().reframe_normal(film, 0, rng) is film  # off by default
+    assert rng.random() == random.Random(3).random()  # and, off, it leaves the recipe's random stream alone
     # A tighter crop is a zoom: a white square in the middle of the film fills more of it afterwards.
     square = Image.new("L", (120, 120), 0)
     square.paste(255, (40, 40, 80, 80))

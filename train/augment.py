@@ -95,7 +95,8 @@ class XRayAugmentation:
         """A NORMAL film (label 0), with `normal_crop_probability`, cropped tighter and brought back to its size.
         Zooming both classes at random leaves PNEUMONIA films tighter on average; only tighter NORMAL films say
         that a tight framing is no sign of disease."""
-        if label != 0 or rng.random() >= self.normal_crop_probability:
+        # Off, it draws nothing: the recipe's random stream (and so its reproduced runs) stays as it was.
+        if label != 0 or self.normal_crop_probability <= 0 or rng.random() >= self.normal_crop_probability:
             return image
         sides = [rng.uniform(0, self.max_margin_fraction) for _ in range(4)]
         return crop_sides(image, *sides).resize(image.size, Image.Resampling.BILINEAR)
