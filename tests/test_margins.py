@@ -144,6 +144,96 @@ def test_normal_crop_frames_only_normal_films_tighter():
         assert zoomed.shape == (120, 120) and (zoomed > 127).sum() > 40 * 40
 
 
+def test_the_proportions_augmentation_stretches_one_axis_against_the_other_and_is_off_by_default(tmp_path):
+    from train.pipeline import parse_arguments
+
+    square = Image.new("L", (120, 120), 0)
+    square.paste(255, (40, 40, 80, 80))
+    still = dict(max_rotation_degrees=0, max_scale_change=0, max_translation=0, max_brightness_change=0,
+                 max_contrast_change=0, max_gamma_change=0, blur_probability=0, noise_probability=0)
+    shapes = []
+    for seed in range(12):
+        white = np.asarray(XRayAugmentation(max_aspect_change=0.3, **still)(square, random.Random(seed))) > 127
+        width, height = int(white.any(0).sum()), int(white.any(1).sum())
+        assert 40 / 1.3 - 2 <= width / height * 40 <= 40 * 1.3 + 2
+        shapes.append(width / height)
+    assert max(shapes) > 1.08 and min(shapes) < 1 / 1.08  # wider and narrower both drawn
+    # On, it takes one more random number; off (the default), none, so the bundled recipe's stream is unchanged.
+    plain, stretched = random.Random(4), random.Random(4)
+    XRayAugmentation()(square, plain)
+    XRayAugmentation(max_aspect_change=0.3)(square, stretched)
+    stretched_next = stretched.random()
+    assert plain.random() != stretched_next and plain.random() == stretched_next
+    _, data_args, _ = parse_arguments(["--data_dir", str(tmp_path), "--max_aspect_change", "0.3"])
+    assert XRayAugmentation.from_data_arguments(data_args).max_aspect_change == 0.3
+    with pytest.raises(ValueError, match="max_aspect_change"):
+        parse_arguments(["--data_dir", str(tmp_path), "--max_aspect_change", "-0.1"])
+
+
+def test_the_film_shape_shifts_change_the_proportions_the_network_sees():
+    film = synthetic_xray(0, 5, size=200)
+    wider = MARGIN_SHIFTS["a wider film (top and bottom 10 % cropped)"](film)
+    narrower = MARGIN_SHIFTS["a narrower film (sides 10 % cropped)"](film)
+    assert wider.size == (200, 160) and narrower.size == (160, 200)  # squashed to a square, one axis is stretched
+
+
+def test_tighter_framings_zoom_into_each_image_by_at_most_the_share_asked():
+    from train.distill import tighter_framings
+
+    square = torch.zeros(6, 3, 60, 60)
+    square[:, :, 20:40, 20:40] = 1.0  # a white square in the middle: a tighter framing makes it larger
+    generator = torch.Generator().manual_seed(0)
+    tighter = tighter_framings(square, 0.25, generator)
+    assert tighter.shape == square.shape
+    white = (tighter[:, 0] > 0.5).flatten(1).sum(1)
+    assert (white >= 20 * 20).all() and (white > 20 * 20).any() and (white <= (20 / 0.75 + 1) ** 2).all()  # zoom 1 to 1/0.75
+    assert torch.allclose(tighter_framings(square, 1e-6, generator), square, atol=1e-4)  # no zoom: the image itself
+    again = tighter_framings(square, 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(tighter, again)  # seeded: a run can be reproduced
+
+
+def test_the_framing_consistency_term_pulls_the_tighter_copy_to_the_images_own_answer():
+    from train.distill import DistillationLoss, distillation_term
+
+    hard = lambda outputs, labels, num_items_in_batch=None: torch.nn.functional.cross_entropy(outputs["logits"], labels)  # noqa: E731
+    logits = torch.randn(4, 2, requires_grad=True)
+    tighter = torch.randn(4, 2, requires_grad=True)
+    labels = torch.tensor([0, 1, 1, 0])
+    loss = DistillationLoss(hard, temperature=2.0, weight=0.5, consistency_weight=0.8)
+    plain = loss({"logits": logits}, labels)
+    loss.tighter_logits = tighter
+    total = loss({"logits": logits}, labels)
+    assert float(total - plain) == pytest.approx(0.8 * float(distillation_term(tighter, logits, 2.0)), rel=1e-5)
+    (total - plain).backward()
+    assert tighter.grad.abs().sum() > 0 and logits.grad.abs().sum() == 0  # the image's answer is the target, not moved
+
+
+def test_a_student_trains_with_framing_consistency(tiny_image_folder, tmp_path, monkeypatch):
+    import train.distill
+    from conftest import tiny_training_args
+    from train.pipeline import main as train_main, parse_arguments
+
+    shapes = []
+    original = train.distill.tighter_framings
+
+    def spy(pixels, max_zoom, generator):
+        shapes.append((tuple(pixels.shape), max_zoom))
+        return original(pixels, max_zoom, generator)
+
+    monkeypatch.setattr(train.distill, "tighter_framings", spy)
+    output_dir = tmp_path / "consistent"
+    args = tiny_training_args(tiny_image_folder, output_dir, "--num_train_epochs", "1", "--export_onnx", "false",
+                              "--post_training_checks", "false", "--framing_consistency", "0.5", "--consistency_zoom", "0.2")
+    assert train_main(args) == 0
+    assert shapes and all(shape[1:] == (3, 32, 32) and zoom == 0.2 for shape, zoom in shapes)  # training steps only
+    summary = json.loads((output_dir / "training_summary.json").read_text())
+    assert summary["hyperparameters"]["framing consistency (weight, largest share of a side cut)"] == "0.5, 20%"
+    with pytest.raises(ValueError, match="consistency_zoom"):
+        parse_arguments(["--data_dir", str(tmp_path), "--consistency_zoom", "1"])
+    with pytest.raises(ValueError, match="framing_consistency"):
+        parse_arguments(["--data_dir", str(tmp_path), "--framing_consistency", "-1"])
+
+
 def test_hide_centre_keeps_only_the_margins():
     image = synthetic_xray(1, 8, size=100)
     probe = np.asarray(hide_centre(image))

@@ -37,6 +37,12 @@ class DataArguments:
         default=0.10,
         metadata={"help": "Random zoom in/out range (0.10 = 0.9-1.1x, times the strength): framing differs between sites."},
     )
+    max_aspect_change: float = field(
+        default=0.0,
+        metadata={"help": "Random change of the image's proportions (0.25: width to height between 1/1.25 and 1.25 times "
+                  "its own, times the strength). Every film is squashed to a square, so a film's shape becomes its anatomy's "
+                  "proportions, and Kermany's classes differ in shape (docs/experiments.md). 0: off."},
+    )
     horizontal_flip: bool = field(
         default=False, metadata={"help": "Random left-right flips. Off by default: the heart sits on one side."}
     )
@@ -88,6 +94,8 @@ class DataArguments:
                 raise ValueError("--holdout_normal_batch must be NORMAL2 or IM (the two batches of Kermany's NORMAL images).")
         if self.holdout_pneumonia_fraction is not None and not 0.0 < self.holdout_pneumonia_fraction < 1.0:
             raise ValueError("--holdout_pneumonia_fraction must be between 0 and 1.")
+        if self.max_aspect_change < 0:
+            raise ValueError("--max_aspect_change must be >= 0.")
         if not all(0.0 <= p <= 1.0 for p in (self.margin_augmentation, self.margin_swap, self.normal_crop)):
             raise ValueError("--margin_augmentation, --margin_swap and --normal_crop are probabilities, between 0 and 1.")
 
@@ -149,6 +157,14 @@ class ModelArguments:
                   "`filmed` (the film as filmed, unaugmented: a film's soft label then does not depend on how the "
                   "student's copy is framed; it did not change the framing bias, docs/experiments.md)."},
     )
+    framing_consistency: float = field(
+        default=0.0,
+        metadata={"help": "Weight of a framing-consistency term: each training image is also cropped tighter (a random "
+                  "box, 1 - --consistency_zoom to 1 of its width and, drawn apart, of its height, squashed back) and the "
+                  "student's answer on that copy is pulled towards its answer on the image (T^2 KL at the distillation "
+                  "temperature; one more forward and backward pass a step). 0 (default): off."},
+    )
+    consistency_zoom: float = field(default=0.25, metadata={"help": "Largest share of a side the framing-consistency copy cuts away."})
     early_stopping_patience: int = field(default=5, metadata={"help": "Epochs without validation AUC gain before stopping; 0 disables."})
     hub_dataset_card_id: Optional[str] = field(
         default=None, metadata={"help": "When --data_dir is a local copy of a Hub dataset, its id, named in the card's metadata "
@@ -164,6 +180,8 @@ class ModelArguments:
             raise ValueError(f"--threshold_strategy must be one of {', '.join(STRATEGIES)}.")
         if self.teacher_view not in TEACHER_VIEWS:
             raise ValueError(f"--teacher_view must be one of {', '.join(TEACHER_VIEWS)}.")
+        if self.framing_consistency < 0 or not 0.0 < self.consistency_zoom < 1.0:
+            raise ValueError("--framing_consistency must be >= 0 and --consistency_zoom between 0 and 1 (exclusive).")
         if not 0.0 <= self.distillation_weight <= 1.0 or self.distillation_temperature <= 0:
             raise ValueError("--distillation_weight must be between 0 and 1 and --distillation_temperature positive.")
 

@@ -31,6 +31,7 @@ class XRayAugmentation:
     horizontal_flip: bool = False
     max_rotation_degrees: float = 10.0
     max_scale_change: float = 0.10
+    max_aspect_change: float = 0.0
     max_translation: float = 0.06
     max_brightness_change: float = 0.20
     max_contrast_change: float = 0.25
@@ -49,7 +50,7 @@ class XRayAugmentation:
     def from_data_arguments(cls, data_args) -> "XRayAugmentation":
         """The recipe's augmentation from `DataArguments`: training and its benchmark use the same one."""
         return cls(strength=data_args.augmentation_strength, horizontal_flip=data_args.horizontal_flip,
-                   max_scale_change=data_args.max_scale_change,
+                   max_scale_change=data_args.max_scale_change, max_aspect_change=data_args.max_aspect_change,
                    margin_probability=data_args.margin_augmentation,
                    max_margin_fraction=data_args.max_margin_fraction,
                    margin_swap_probability=data_args.margin_swap,
@@ -122,11 +123,14 @@ class XRayAugmentation:
         scale = 1 + rng.uniform(-1, 1) * self.max_scale_change * s
         shift_x = rng.uniform(-1, 1) * self.max_translation * s * width
         shift_y = rng.uniform(-1, 1) * self.max_translation * s * height
-        # PIL wants the inverse map (output -> input) about the image centre.
-        cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+        # Width over height changes by `aspect`; drawn only when asked, so the recipe's random stream stays as it was.
+        aspect = math.exp(rng.uniform(-1, 1) * math.log1p(self.max_aspect_change * s)) if self.max_aspect_change > 0 else 1.0
+        scale_x, scale_y = scale * math.sqrt(aspect), scale / math.sqrt(aspect)
+        # PIL wants the inverse map (output -> input) about the image centre: (R S)^-1 = S^-1 R^-1.
+        cos, sin = math.cos(angle), math.sin(angle)
         cx, cy = width / 2, height / 2
-        a, b = cos, sin
-        d, e = -sin, cos
+        a, b = cos / scale_x, sin / scale_x
+        d, e = -sin / scale_y, cos / scale_y
         c = cx - a * (cx + shift_x) - b * (cy + shift_y)
         f = cy - d * (cx + shift_x) - e * (cy + shift_y)
         return image.transform(image.size, Image.Transform.AFFINE, (a, b, c, d, e, f), Image.Resampling.BILINEAR)

@@ -150,47 +150,74 @@ def distillation_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return temperature**2 * kl / (num_items if num_items is not None else student_logits.shape[0])
 
 
+def tighter_framings(pixels: torch.Tensor, max_zoom: float, generator: torch.Generator) -> torch.Tensor:
+    """Each image cropped to a random box (1 - `max_zoom` to 1 of its width, and independently of its height,
+    anywhere inside it) and squashed back to its size: the same film framed tighter and with another shape, as
+    another site's collimation frames it (the processor squashes every film to a square, so a film's shape
+    becomes its anatomy's proportions)."""
+    count = pixels.shape[0]
+    scale = 1 - max_zoom * torch.rand(count, 2, generator=generator)  # (x, y)
+    theta = torch.zeros(count, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = scale[:, 0], scale[:, 1]
+    theta[:, :, 2] = (1 - scale) * (2 * torch.rand(count, 2, generator=generator) - 1)
+    grid = F.affine_grid(theta.to(pixels), list(pixels.shape), align_corners=False)
+    return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class DistillationLoss:
     """The Trainer's `compute_loss_func`: the hard-label loss, blended with the teachers' soft labels when the
-    trainer has put them in `teacher_logits` for this batch (training steps only)."""
+    trainer has put them in `teacher_logits` for this batch, plus the framing-consistency term when it has put
+    the student's logits on tighter framings in `tighter_logits` (training steps only)."""
 
-    def __init__(self, hard_loss, temperature: float, weight: float) -> None:
+    def __init__(self, hard_loss, temperature: float, weight: float, consistency_weight: float = 0.0) -> None:
         self.hard_loss, self.temperature, self.weight = hard_loss, temperature, weight
+        self.consistency_weight = consistency_weight
         self.teacher_logits: torch.Tensor | None = None
+        self.tighter_logits: torch.Tensor | None = None
 
     def __call__(self, outputs, labels, num_items_in_batch=None):
-        hard = self.hard_loss(outputs, labels, num_items_in_batch=num_items_in_batch)
-        if self.teacher_logits is None:
-            return hard
+        loss = self.hard_loss(outputs, labels, num_items_in_batch=num_items_in_batch)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-        soft = distillation_term(logits, self.teacher_logits.to(logits.device), self.temperature, num_items_in_batch)
-        return (1 - self.weight) * hard + self.weight * soft
+        if self.teacher_logits is not None:
+            soft = distillation_term(logits, self.teacher_logits.to(logits.device), self.temperature, num_items_in_batch)
+            loss = (1 - self.weight) * loss + self.weight * soft
+        if self.tighter_logits is not None:  # the image's own answer is the target: the tighter copy moves to it
+            loss = loss + self.consistency_weight * distillation_term(self.tighter_logits, logits.detach(), self.temperature,
+                                                                      num_items_in_batch)
+        return loss
 
 
 class DistillationTrainer(Trainer):
-    """A Trainer whose training batches carry teacher inputs: it turns them into teacher logits for the loss."""
+    """A Trainer whose training batches carry teacher inputs (it turns them into teacher logits for the loss) and,
+    with a framing-consistency weight, a second forward pass on tighter framings of the same images."""
 
-    def __init__(self, *args, teachers: Teachers, **kwargs) -> None:
+    def __init__(self, *args, teachers: Teachers | None, consistency_zoom: float = 0.25, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.teachers = teachers
+        self.teachers, self.consistency_zoom = teachers, consistency_zoom
+        self.framing_generator = torch.Generator().manual_seed(self.args.seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         teacher_pixels = {key: inputs.pop(key) for key in list(inputs) if key.startswith(TEACHER_INPUT_PREFIX)}
         loss_function = self.compute_loss_func
         if teacher_pixels and model.training:
             loss_function.teacher_logits = self.teachers.logits(teacher_pixels, self.args.device, bool(self.args.bf16))
+        if loss_function.consistency_weight > 0 and model.training:
+            tighter = tighter_framings(inputs["pixel_values"], self.consistency_zoom, self.framing_generator)
+            loss_function.tighter_logits = model(pixel_values=tighter).logits
         try:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         finally:
-            loss_function.teacher_logits = None
+            loss_function.teacher_logits = loss_function.tighter_logits = None
 
 
-def build_trainer(teachers: Teachers | None, temperature: float, weight: float, **trainer_kwargs) -> Trainer:
-    """A plain Trainer without teachers; with them, the same Trainer plus the distillation term."""
-    if teachers is None:
+def build_trainer(teachers: Teachers | None, temperature: float, weight: float, consistency_weight: float = 0.0,
+                  consistency_zoom: float = 0.25, **trainer_kwargs) -> Trainer:
+    """A plain Trainer without teachers or framing consistency; with either, the same Trainer plus their terms."""
+    if teachers is None and consistency_weight <= 0:
         return Trainer(**trainer_kwargs)
-    trainer_kwargs["compute_loss_func"] = DistillationLoss(trainer_kwargs["compute_loss_func"], temperature, weight)
-    return DistillationTrainer(teachers=teachers, **trainer_kwargs)
+    trainer_kwargs["compute_loss_func"] = DistillationLoss(trainer_kwargs["compute_loss_func"], temperature, weight,
+                                                           consistency_weight)
+    return DistillationTrainer(teachers=teachers, consistency_zoom=consistency_zoom, **trainer_kwargs)
 
 
 def describe(paths: Sequence[str] | str | None, temperature: float, weight: float, view: str = "augmented") -> str:

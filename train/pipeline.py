@@ -202,12 +202,14 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
             "label smoothing": training_args.label_smoothing_factor, "drop path": model_args.drop_path_rate,
             "class weighting": model_args.class_weighting, "augmentation strength": data_args.augmentation_strength,
             "zoom range": f"±{data_args.max_scale_change * data_args.augmentation_strength:.0%}",
+            "proportions range (width to height)": f"±{data_args.max_aspect_change * data_args.augmentation_strength:.0%}",
             "horizontal flip": data_args.horizontal_flip, "early stopping patience": model_args.early_stopping_patience,
             "margin augmentation (probability, largest share of a side)": f"{data_args.margin_augmentation}, {data_args.max_margin_fraction:.0%}",
             "margin swap between images (probability)": data_args.margin_swap,
             "tighter crop of NORMAL films (probability)": data_args.normal_crop,
             "knowledge distillation": describe_distillation(model_args.teacher_model_name_or_path, model_args.distillation_temperature,
                                                             model_args.distillation_weight, model_args.teacher_view),
+            "framing consistency (weight, largest share of a side cut)": f"{model_args.framing_consistency}, {model_args.consistency_zoom:.0%}",
             "seed": training_args.seed,
         },
         "training_minutes": round(minutes, 1),
@@ -265,7 +267,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     patience = model_args.early_stopping_patience if evaluating else 0
     callbacks = ([EarlyStoppingCallback(patience)] if patience > 0 else []) + list(extra_callbacks)
     trainer = build_trainer(
-        teachers, model_args.distillation_temperature, model_args.distillation_weight,
+        teachers, model_args.distillation_temperature, model_args.distillation_weight, model_args.framing_consistency,
+        model_args.consistency_zoom,
         model=built.model,
         args=training_args,
         train_dataset=train_set,

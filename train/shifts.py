@@ -10,7 +10,8 @@ weights (`robustness_validation.json`) and the card shows it;
 
 prints it for any model folder (and with `--write` stores it and re-renders the card).
 
-Two checks aim at the border shortcut (issue 11). The margin shifts (bars, an added border, borders cropped)
+Two checks aim at the border shortcut (issue 11). The margin shifts (bars, an added border, borders cropped, a
+wider or a narrower film: every film is squashed to a square, so its shape becomes the anatomy's proportions)
 are other machines' framings: sensitivity and specificity at the stored threshold must stay within
 `MARGIN_TOLERANCE` of the unaltered images (`margin_check`). The margin-only probe hides the centre and keeps
 only the margins: its ROC-AUC (`margin_probe`) should be near 0.5, since the margins show no lung.
@@ -66,6 +67,9 @@ MARGIN_SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "white bars top and bottom (8 %)": lambda im: add_bars(im, 0, 0.08, 0, 0.08, fill=255),
     "black border added (10 %)": lambda im: pad_sides(im, 0.10, 0.10, 0.10, 0.10, fill=0),
     "borders cropped (left and top 10 %)": lambda im: crop_sides(im, 0.10, 0.10, 0, 0),
+    # Another film shape: the processor squashes every film to a square, so these change the anatomy's proportions.
+    "a wider film (top and bottom 10 % cropped)": lambda im: crop_sides(im, 0, 0.10, 0, 0.10),
+    "a narrower film (sides 10 % cropped)": lambda im: crop_sides(im, 0.10, 0, 0.10, 0),
 }
 SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "none": lambda im: im,
