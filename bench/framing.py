@@ -48,14 +48,13 @@ def every_kth(labels: np.ndarray, per_class: int) -> np.ndarray:
     return np.concatenate(rows)
 
 
-def report(model_dir: Path, split: str, train, per_class: int) -> None:
+def report(classifier: PneumoniaClassifier, model_dir: Path, split: str, train, per_class: int) -> None:
     films = split_films(model_dir, split, train)
     if films is None:
         return
     images, labels = films
     rows = every_kth(labels, per_class)
     images, labels = [images[i] for i in rows], labels[rows]
-    classifier = PneumoniaClassifier.from_pretrained(model_dir)
 
     def scored(batch):
         logits = classifier.logits(batch, batch_size=32)
@@ -83,8 +82,9 @@ def main() -> None:
     args = parser.parse_args()
     train = load_raw_dataset(None, args.data_dir)["train"]
     for model in args.model:
+        classifier = PneumoniaClassifier.from_pretrained(model)  # once for every split
         for split in args.split:
-            report(Path(model), split, train, args.per_class)
+            report(classifier, Path(model), split, train, args.per_class)
 
 
 if __name__ == "__main__":
