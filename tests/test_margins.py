@@ -203,7 +203,7 @@ def test_the_framing_consistency_term_pulls_the_tighter_copy_to_the_images_own_a
     plain = loss({"logits": logits}, labels)
     loss.tighter_logits = tighter
     total = loss({"logits": logits}, labels)
-    assert float(total - plain) == pytest.approx(0.8 * float(distillation_term(tighter, logits, 2.0)), rel=1e-5)
+    assert (total - plain).item() == pytest.approx(0.8 * distillation_term(tighter, logits, 2.0).item(), rel=1e-5)
     (total - plain).backward()
     assert tighter.grad.abs().sum() > 0 and logits.grad.abs().sum() == 0  # the image's answer is the target, not moved
 
