@@ -55,6 +55,7 @@ ERROR_TITLE = "Cannot analyse this file"
 WAITING_TEXT = "*The answer for your X-ray appears here.*"
 MAX_FILE_SIZE = "25mb"
 MAX_BATCH_FILES = 100
+BATCH_TIME_BUDGET_S = 60  # one batch holds the batch worker at most about this long
 FILE_LIFETIME_S = 45  # outputs (heatmaps, CSVs) are fetched within seconds; the purge runs every PURGE_EVERY_S
 PURGE_EVERY_S = 10
 IMAGE_HEIGHT = 420  # px on the page, for the upload and the heatmap alike, whatever the file's size
@@ -102,8 +103,9 @@ class UploadFolder:
         return str(file) in self.protected or any(part.startswith(EXAMPLES_PREFIX) for part in file.relative_to(self.root).parts)
 
     def discard(self, path: str | None) -> None:
-        """Delete an answered upload (and its per-upload folder), unless it is an example or another upload of the
-        same file is still waiting for its answer."""
+        """Delete an answered upload (and its folder once empty), unless it is an example or another upload of the
+        same file is still waiting for its answer. Gradio names a folder by the file's content, so identical bytes
+        sent under two names share it: the other name's file stays until its own answer."""
         if not path:
             return
         file = Path(path).resolve()
@@ -114,9 +116,12 @@ class UploadFolder:
             if self.waiting[str(file)] > 0:
                 return
             del self.waiting[str(file)]
-        file.unlink(missing_ok=True)
-        if file.parent != self.root:
-            shutil.rmtree(file.parent, ignore_errors=True)
+        try:
+            file.unlink(missing_ok=True)
+            if file.parent != self.root:
+                file.parent.rmdir()
+        except OSError:  # a folder sent as the file, or a folder another upload still uses
+            pass
 
     def purge(self, max_age_s: float) -> None:
         """Delete files older than `max_age_s` (outputs, and uploads that were never answered)."""
@@ -271,7 +276,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
         try:
             if len(paths) > MAX_BATCH_FILES:
                 raise user_error(f"{len(paths)} files is more than the {MAX_BATCH_FILES} a batch can take; split them up.")
-            results = predict_files(classifier, [(_upload_name(p), p) for p in paths])
+            results = predict_files(classifier, [(_upload_name(p), p) for p in paths], time_budget_s=BATCH_TIME_BUDGET_S)
         finally:
             for path in paths:
                 uploads.discard(path)

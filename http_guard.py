@@ -1,8 +1,13 @@
 """HTTP limits for the public Space that Gradio's own settings do not cover.
 
 An ASGI middleware, so it sees every request before Gradio does:
-- an upload request may carry at most `max_upload_parts` files and `max_upload_bytes` in all: counted while
-  the body streams in, so a request over the limit is refused before its files are stored;
+- an upload request (any multipart POST) may carry at most `max_upload_parts` files and `max_upload_bytes` in all:
+  counted while the body streams in, so a request over the limit is refused before its files are stored; the
+  boundary is read with the parser Gradio uses, so no spelling of the header gets past the count;
+- any other request body (a queue join, an API call: small JSON, files go by path) may be at most
+  `max_request_bytes`, so a request cannot carry megabytes into Gradio's parsers and logs;
+- Gradio's audio-recording route is closed: this app takes no audio, and that route keeps its files where no
+  purge reaches them;
 - every response says `X-Content-Type-Options: nosniff` (a served file is never sniffed into HTML or script)
   and sends no referrer;
 - the paths an upload was stored at are reported to `on_uploaded`: identical files share one path, so the app
@@ -14,27 +19,34 @@ from __future__ import annotations
 import json
 from typing import Callable
 
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+CLOSED_ROUTES = ("/process_recording",)
 
 
 class UploadLimits:
-    """Counts the parts of a multipart body as it streams; raises 413 as soon as a limit is passed."""
+    """Counts the bytes of a body, and the parts of a multipart one, as it streams; 413 as soon as a limit is passed."""
 
-    def __init__(self, boundary: bytes, max_parts: int, max_bytes: int) -> None:
-        self.delimiter = b"--" + boundary
-        self.max_parts, self.max_bytes = max_parts, max_bytes
+    def __init__(self, boundary: bytes | None, max_parts: int, max_bytes: int, kind: str = "Upload") -> None:
+        self.delimiter = b"--" + boundary if boundary else None  # without one only the bytes are counted
+        self.max_parts, self.max_bytes, self.kind = max_parts, max_bytes, kind
         self.delimiters_seen, self.bytes_seen = 0, 0
         self.tail = b""  # the end of the previous chunk: a delimiter may straddle two chunks
+
+    def too_large(self) -> HTTPException:
+        return HTTPException(413, f"{self.kind} too large: at most {self.max_bytes / 2**20:g} MB in one request.")
 
     def feed(self, chunk: bytes) -> None:
         self.bytes_seen += len(chunk)
         if self.bytes_seen > self.max_bytes:
-            raise HTTPException(413, f"Upload too large: at most {self.max_bytes // 2**20} MB in one request.")
+            raise self.too_large()
+        if self.delimiter is None:
+            return
         window = self.tail + chunk
         self.delimiters_seen += window.count(self.delimiter) - self.tail.count(self.delimiter)
         self.tail = window[-(len(self.delimiter) - 1):]
@@ -45,9 +57,10 @@ class UploadLimits:
 
 class HttpGuard:
     def __init__(self, app: ASGIApp, max_upload_parts: int = 100, max_upload_bytes: int = 256 * 2**20,
-                 on_uploaded: Callable[[list[str]], None] | None = None) -> None:
+                 max_request_bytes: int = 2**20, on_uploaded: Callable[[list[str]], None] | None = None) -> None:
         self.app = app
         self.max_upload_parts, self.max_upload_bytes = max_upload_parts, max_upload_bytes
+        self.max_request_bytes = max_request_bytes
         self.on_uploaded = on_uploaded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -68,11 +81,17 @@ class HttpGuard:
             started = started or message["type"] == "http.response.start"
             await send_with_headers(message)
 
+        path = scope["path"].rstrip("/")
+        if scope["method"] == "POST" and path.endswith(CLOSED_ROUTES):
+            await PlainTextResponse("Not Found", status_code=404)(scope, receive, send_with_headers)
+            return
         try:
-            if scope["method"] == "POST" and scope["path"].rstrip("/").endswith("/upload"):
+            if scope["method"] == "POST" and (path.endswith("/upload") or self._is_multipart(scope)):
                 receive = self._limited(scope, receive)
-                if self.on_uploaded is not None:
+                if self.on_uploaded is not None and path.endswith("/upload"):
                     send_tracked = self._reporting_stored_paths(send_tracked)
+            elif scope["method"] in ("POST", "PUT", "PATCH"):
+                receive = self._counted(scope, receive, UploadLimits(None, 0, self.max_request_bytes, kind="Request"))
             await self.app(scope, receive, send_tracked)
         except HTTPException as refusal:  # a limit passed while the body streamed in
             if started:
@@ -100,17 +119,20 @@ class HttpGuard:
 
         return reporting
 
+    @staticmethod
+    def _is_multipart(scope: Scope) -> bool:
+        media_type, _ = parse_options_header(Headers(scope=scope).get("content-type", ""))
+        return media_type.startswith(b"multipart/")
+
     def _limited(self, scope: Scope, receive: Receive) -> Receive:
-        headers = Headers(scope=scope)
-        length = headers.get("content-length")
-        if length and length.isdigit() and int(length) > self.max_upload_bytes:
-            raise HTTPException(413, f"Upload too large: at most {self.max_upload_bytes // 2**20} MB in one request.")
-        content_type = headers.get("content-type", "")
-        boundary = next((part.split("=", 1)[1].strip('"') for part in content_type.split(";")
-                         if part.strip().startswith("boundary=")), None)
-        if not boundary:
-            return receive  # not multipart: Gradio refuses it itself
-        limits = UploadLimits(boundary.encode("latin-1"), self.max_upload_parts, self.max_upload_bytes)
+        _, options = parse_options_header(Headers(scope=scope).get("content-type", ""))
+        return self._counted(scope, receive, UploadLimits(options.get(b"boundary"), self.max_upload_parts, self.max_upload_bytes))
+
+    @staticmethod
+    def _counted(scope: Scope, receive: Receive, limits: UploadLimits) -> Receive:
+        length = Headers(scope=scope).get("content-length")
+        if length and length.isdigit() and int(length) > limits.max_bytes:
+            raise limits.too_large()  # refused before a byte of the body is read
 
         async def counted() -> Message:
             message = await receive()

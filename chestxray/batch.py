@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -48,14 +49,23 @@ def expand_paths(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def predict_files(classifier: PneumoniaClassifier, files: Sequence[tuple[str, str | Path]], batch_size: int = 16,
-                  progress: Callable[[int], None] | None = None) -> list[FileResult]:
-    """`files` are (display name, path) pairs; results come back in the same order, each named safely for display."""
+                  progress: Callable[[int], None] | None = None, time_budget_s: float | None = None) -> list[FileResult]:
+    """`files` are (display name, path) pairs; results come back in the same order, each named safely for display.
+
+    With `time_budget_s`, files not yet started when it runs out are answered with an error row rather than read:
+    a public server must not let one batch of slow-to-decode files hold its worker for minutes."""
     results: list[FileResult] = []
+    started = time.monotonic()
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         images, readable = [], []
         for name, path in chunk:
             result = FileResult(file=display_name(name))
+            if time_budget_s is not None and time.monotonic() - started > time_budget_s:
+                result.error = (f"Not read: this batch used up its {time_budget_s:.0f} seconds of the server; "
+                                "send this file again in another batch.")
+                results.append(result)
+                continue
             try:
                 images.append(classifier.read(path, name=name))
                 readable.append(result)

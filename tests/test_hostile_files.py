@@ -583,3 +583,23 @@ if __name__ == "__main__":
                   f"{result['outcome'][:90]}", flush=True)
             path.unlink()
     sys.exit(0)
+
+
+def test_a_batch_stops_reading_when_its_time_budget_is_spent(tmp_path, monkeypatch):
+    """A batch of slow-to-decode files must not hold a public server's batch worker for minutes."""
+    from chestxray import batch
+    from chestxray.classifier import Prediction
+
+    clock = iter(range(100))  # every look at the clock is one second later
+    monkeypatch.setattr(batch.time, "monotonic", lambda: float(next(clock)))
+    files = []
+    for index in range(4):
+        files.append((f"film{index}.png", tmp_path / f"film{index}.png"))
+        synthetic_xray(0, index, size=32).save(files[-1][1])
+    answer = Prediction(pneumonia_probability=0.2, decision="NORMAL", threshold=0.5)
+    stub = SimpleNamespace(read=lambda path, name: read_image(path, name=name),
+                           predict=lambda images, batch_size: [answer] * len(images))
+    results = batch.predict_files(stub, files, time_budget_s=2.0)
+    assert [r.decision for r in results] == ["NORMAL", "NORMAL", None, None]
+    assert all("Not read: this batch used up its 2 seconds" in r.error for r in results[2:])
+    assert all(r.error is None for r in batch.predict_files(stub, files))  # no budget: every file is read

@@ -142,3 +142,56 @@ def test_sigterm_removes_every_upload_like_ctrl_c(trained_model, tmp_path):
     folders = list(Path(stored).parents)
     upload_root = next(p for p in folders if p.name.startswith(f"{app.TEMP_PREFIX}{process.pid}-"))
     assert not upload_root.exists()
+
+
+def multipart_body(boundary: str, parts: int) -> bytes:
+    chunks = [f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="part{i}.png"\r\n'
+              f"Content-Type: image/png\r\n\r\nxxxx\r\n" for i in range(parts)]
+    return ("".join(chunks) + f"--{boundary}--\r\n").encode()
+
+
+@pytest.mark.parametrize("boundary_parameter", ["BOUNDARY=b0und4ry", 'boundary ="b0und4ry"'])
+def test_the_upload_limits_hold_for_any_spelling_of_the_boundary(url, boundary_parameter):
+    """Gradio's parser reads the boundary case-blind and with spaces: the count must read it the same way."""
+    response = httpx.post(f"{url}gradio_api/upload", content=multipart_body("b0und4ry", app.MAX_BATCH_FILES + 1),
+                          headers={"content-type": f"multipart/form-data; {boundary_parameter}"}, timeout=30)
+    assert response.status_code == 413 and "Too many files" in response.text
+    app.UploadFolder(app.UPLOAD_DIR).purge(max_age_s=0)
+
+
+def test_the_audio_recording_route_is_closed(url):
+    """It stores its body outside the upload folder, where no purge reaches; this app takes no audio."""
+    response = httpx.post(f"{url}gradio_api/process_recording", content=multipart_body("b0und4ry", 1),
+                          headers={"content-type": "multipart/form-data; boundary=b0und4ry"}, timeout=30)
+    assert response.status_code == 404
+
+
+def test_the_same_bytes_under_two_names_each_get_their_answer(url, tmp_path):
+    """Gradio keeps both names in one folder (named by the content): one answer must not delete the other file."""
+    data = png_bytes(tmp_path, "film.png")
+    (first,) = upload(url, [("patient-a.png", data)]).json()
+    (second,) = upload(url, [("patient-b.png", data)]).json()
+    assert Path(first).parent == Path(second).parent and first != second
+    assert answer(url, first)["decision"] in ("NORMAL", "PNEUMONIA")
+    assert Path(second).is_file() and not Path(first).exists()
+    assert answer(url, second)["decision"] in ("NORMAL", "PNEUMONIA")
+    assert not Path(second).parent.exists()
+
+
+def test_a_folder_sent_as_the_file_gets_a_readable_error(url, tmp_path):
+    (stored,) = upload(url, [("folder-probe.png", png_bytes(tmp_path, "folder-probe.png"))]).json()
+    with pytest.raises(RuntimeError) as failure:
+        answer(url, str(Path(stored).parent))
+    assert "is not a file" in str(failure.value) or "not an image" in str(failure.value)
+    assert answer(url, stored)["decision"] in ("NORMAL", "PNEUMONIA")  # the upload itself still answers
+
+
+def test_a_queue_request_of_megabytes_is_refused_before_gradio_reads_it(url):
+    """Files go by path; a join carrying megabytes (a 5 MB bogus path) would only reach Gradio's parser and log."""
+    payload = {"data": [{"path": "/tmp/" + "a" * 2**21, "meta": {"_type": "gradio.FileData"}}], "fn_index": 0,
+               "session_hash": "big", "event_data": None, "trigger_id": None}
+    response = httpx.post(f"{url}gradio_api/queue/join", json=payload, timeout=30)
+    assert response.status_code == 413 and "Request too large" in response.text
+    streamed = httpx.post(f"{url}gradio_api/queue/join", content=iter([b"{" + b" " * 2**20, b"}"]),
+                          headers={"content-type": "application/json"}, timeout=30)  # no length given
+    assert streamed.status_code == 413
