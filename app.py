@@ -23,8 +23,8 @@ from collections import Counter
 from pathlib import Path
 
 # Every upload and every output file lives in this private folder: each upload is deleted as soon as it is
-# answered, anything else after FILE_LIFETIME_S, and the folder itself at exit (Ctrl-C or SIGTERM) or, after
-# a hard kill, at the next start. Set before Gradio is imported, and not overridable: "never kept" must hold.
+# answered (or after WAITING_UPLOAD_LIFETIME_S if it never is), anything else after FILE_LIFETIME_S, and the
+# folder itself at exit (Ctrl-C or SIGTERM) or, after a hard kill, at the next start. Set before Gradio is imported, and not overridable: "never kept" must hold.
 TEMP_PREFIX = "pneumonia-xray-"
 UPLOAD_DIR = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
 os.environ["GRADIO_TEMP_DIR"] = UPLOAD_DIR
@@ -58,6 +58,8 @@ MAX_BATCH_FILES = 100
 BATCH_TIME_BUDGET_S = 60  # one batch holds the batch worker at most about this long
 FILE_LIFETIME_S = 45  # outputs (heatmaps, CSVs) are fetched within seconds; the purge runs every PURGE_EVERY_S
 PURGE_EVERY_S = 10
+# An upload still waiting for its answer (queued behind a long batch, or a batch still reading) is kept this long.
+WAITING_UPLOAD_LIFETIME_S = 600
 IMAGE_HEIGHT = 420  # px on the page, for the upload and the heatmap alike, whatever the file's size
 EXAMPLES_DATASET = "hf-vision/chest-xray-pneumonia"
 HEATMAP_CAPTION = (
@@ -123,12 +125,16 @@ class UploadFolder:
         except OSError:  # a folder sent as the file, or a folder another upload still uses
             pass
 
-    def purge(self, max_age_s: float) -> None:
-        """Delete files older than `max_age_s` (outputs, and uploads that were never answered)."""
-        cutoff = time.time() - max_age_s
+    def purge(self, max_age_s: float, waiting_max_age_s: float = WAITING_UPLOAD_LIFETIME_S) -> None:
+        """Delete files older than `max_age_s` (outputs, spool files of refused requests), and uploads still
+        waiting for their answer once older than `waiting_max_age_s` (never asked about, or the queue gave up)."""
+        now = time.time()
+        with self.lock:
+            waiting = set(self.waiting)
         for file in self.root.rglob("*"):
             try:
-                if file.is_file() and not self.is_example(file) and file.stat().st_mtime < cutoff:
+                max_age = waiting_max_age_s if str(file.resolve()) in waiting else max_age_s
+                if file.is_file() and not self.is_example(file) and file.stat().st_mtime < now - max_age:
                     file.unlink()
                     with self.lock:
                         self.waiting.pop(str(file.resolve()), None)  # an upload nobody asked about

@@ -99,6 +99,22 @@ def test_unanswered_uploads_and_old_outputs_are_purged_but_examples_stay(tmp_pat
     assert example.exists() and fresh.exists()
 
 
+def test_an_upload_waiting_in_the_queue_outlives_the_purge_of_outputs(tmp_path):
+    """A batch queued behind another, or one still reading its files, must find them: only an upload nobody
+    asks about for `waiting_max_age_s` goes."""
+    folder = app.UploadFolder(str(tmp_path))
+    waiting, forgotten, output = tmp_path / "h1" / "queued.png", tmp_path / "h2" / "forgotten.png", tmp_path / "x.csv"
+    for path, age in ((waiting, 120), (forgotten, 900), (output, 120)):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"data")
+        os.utime(path, (time.time() - age, time.time() - age))
+    folder.register([str(waiting), str(forgotten)])
+    folder.purge(max_age_s=45, waiting_max_age_s=600)
+    assert waiting.is_file() and not forgotten.exists() and not output.exists()
+    folder.discard(str(waiting))
+    assert not waiting.exists() and not waiting.parent.exists()
+
+
 def test_folders_of_a_killed_app_are_removed_at_the_next_start(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
