@@ -129,6 +129,7 @@ def _read_raster(data: bytes, name: str, limits: ReadLimits, min_side: int | Non
             check_geometry(image.width, image.height, name, limits)
             check_decoded_bytes(image.width, image.height, _bytes_per_pixel(image.mode), name, limits)
             _refuse_multi_frame(image, name)
+            _refuse_slow_rle_bmp(image, len(data), name, limits)
             if min_side and image.format == "JPEG":
                 image.draft(None, (min_side, min_side))
             image.load()
@@ -157,6 +158,20 @@ def _bytes_per_pixel(mode: str) -> float:
     """Decoded bytes of one pixel in `mode` (RGB counts 3, as decoded; "1" counts 1, as Pillow stores it)."""
     info = ImageMode.getmode(mode)
     return max(1, np.dtype(info.typestr).itemsize) * len(info.bands)
+
+
+def _refuse_slow_rle_bmp(image: Image.Image, size: int, name: str, limits: ReadLimits) -> None:
+    """Pillow decodes run-length BMP in Python: a large one would hold the CPU for seconds."""
+    if image.format != "BMP" or image.info.get("compression") not in (1, 2):
+        return
+    if size > limits.max_rle_bmp_bytes:
+        what = f"larger than {limits.max_rle_bmp_bytes // 2**20} MB"
+    elif image.info["compression"] == 2 and image.width * image.height > limits.max_rle4_bmp_pixels:
+        what = f"of 4-bit pixels and more than {limits.max_rle4_bmp_pixels:,} of them"
+    else:
+        return
+    raise ImageReadError(f"`{name}` is a run-length-compressed BMP {what}, slower to decode than this app allows; "
+                         "save it as PNG or JPEG and upload that.")
 
 
 def _refuse_multi_frame(image: Image.Image, name: str) -> None:

@@ -29,6 +29,10 @@ class ReadLimits:
     max_aspect_ratio: float = 4.0  # long side over short side; a chest film is about 1.2
     max_dicom_header_reads: int = 50_000  # pydicom reads an element in 1-3 reads (~3 µs each); real headers have 100s
     dicom_header_bytes: int = 16 * 2**20  # allowed besides the pixels in a deflated DICOM, once inflated
+    # Pillow decodes run-length BMP in Python: ~0.25 s a MB of one-pixel runs, and 4-bit runs pixel by pixel
+    # (~0.1 s a megapixel however long the runs).
+    max_rle_bmp_bytes: int = 4 * 2**20
+    max_rle4_bmp_pixels: int = 4_000_000
 
     @property
     def max_decoded_bytes(self) -> int:

@@ -149,6 +149,27 @@ def bmp_rle8_bomb(width: int = 7000, height: int = 7000) -> bytes:
             + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(pixels), 2835, 2835, 256, 0) + palette + pixels)
 
 
+def bmp_rle8_short_runs(side: int, max_bytes: int | None = None) -> bytes:
+    """An 8-bit RLE BMP of one-pixel runs (2 bytes a pixel): Pillow's RLE decoder is Python, ~0.25 s a MB."""
+    row = b"".join(bytes([1, (x * 7) & 255]) for x in range(side)) + b"\x00\x00"
+    rows = side if max_bytes is None else min(side, max_bytes // len(row))
+    pixels, palette = row * rows + b"\x00\x01", bytes(1024)
+    offset = 14 + 40 + len(palette)
+    return (struct.pack("<2sIHHI", b"BM", offset + len(pixels), 0, 0, offset)
+            + struct.pack("<IiiHHIIiiII", 40, side, side, 1, 8, 1, len(pixels), 2835, 2835, 256, 0) + palette + pixels)
+
+
+def bmp_rle4_long_runs(side: int) -> bytes:
+    """A 4-bit RLE BMP of 255-pixel runs: 2 bytes expand to 255 pixels, which Pillow's decoder makes one by one."""
+    full, rest = divmod(side, 255)
+    row = bytes([255, 0x12]) * full + (bytes([rest, 0x34]) if rest else b"") + b"\x00\x00"
+    pixels = row * side + b"\x00\x01"
+    palette = b"".join(struct.pack("<BBBB", i * 17, i * 17, i * 17, 0) for i in range(16))
+    offset = 14 + 40 + len(palette)
+    return (struct.pack("<2sIHHI", b"BM", offset + len(pixels), 0, 0, offset)
+            + struct.pack("<IiiHHIIiiII", 40, side, side, 1, 4, 2, len(pixels), 2835, 2835, 16, 0) + palette + pixels)
+
+
 def many_ifd_tiff(count: int = 40_001, side: int = 32) -> bytes:
     """A TIFF of `count` 32x32 pages sharing one strip: 4 MB, and Pillow's `n_frames` walks it in quadratic time."""
     entry = lambda tag, kind, value: struct.pack("<HHII", tag, kind, 1, value)  # noqa: E731
@@ -249,6 +270,9 @@ BOMBS = {
     "PNG 7000x7000 8-bit": ("bomb8.png", lambda: png(Image.new("L", (7000, 7000))), "more than the limit"),
     "PNG 7000x7000 16-bit": ("bomb16.png", lambda: png(Image.new("I;16", (7000, 7000))), "more than the limit"),
     "BMP RLE8 7000x7000": ("bomb.bmp", bmp_rle8_bomb, "more than the limit"),
+    "BMP RLE8 of one-pixel runs, 24 MB": ("shortruns.bmp", lambda: bmp_rle8_short_runs(5400, 24 * 2**20),
+                                          "run-length-compressed BMP larger than 4 MB"),
+    "BMP RLE4 5400x5400 (240 kB)": ("rle4.bmp", lambda: bmp_rle4_long_runs(5400), "of 4-bit pixels and more than"),
     "RLE DICOM 7000x7000": ("bombrle.dcm", rle_dicom_bomb, "more than the limit"),
     "deflated DICOM": ("deflate.dcm", deflate_bomb, "inflates to more than"),
     "JPEG DICOM, 6000x6000 frame": ("jpegframe.dcm", jpeg_frame_bomb, "not the size its header says"),
@@ -263,6 +287,8 @@ BOMBS = {
     "PNG RGBA at the limit (4735x4735)": ("edgergba.png", lambda: png(Image.new("RGBA", (4735, 4735))), None),
     "RLE DICOM 16-bit at the limit (5470x5470)": ("edgerle.dcm", lambda: rle_dicom_bomb(5470), None),
     "RLE DICOM, 2-byte runs (4000x4000)": ("slowrle.dcm", rle_slow_runs, None),
+    "BMP RLE8 of one-pixel runs at the limit (1400x1400, 3.9 MB)": ("edgeruns.bmp", lambda: bmp_rle8_short_runs(1400), None),
+    "BMP RLE4 at the limit (2000x2000)": ("edgerle4.bmp", lambda: bmp_rle4_long_runs(2000), None),
 }
 
 
