@@ -24,7 +24,8 @@ from pathlib import Path
 
 # Every upload and every output file lives in this private folder: each upload is deleted as soon as it is
 # answered (or after WAITING_UPLOAD_LIFETIME_S if it never is), anything else after FILE_LIFETIME_S, and the
-# folder itself at exit (Ctrl-C or SIGTERM) or, after a hard kill, at the next start. Set before Gradio is imported, and not overridable: "never kept" must hold.
+# folder itself at exit (Ctrl-C or SIGTERM) or, after a hard kill, at the next start. Set before Gradio is
+# imported, and not overridable: "never kept" must hold.
 TEMP_PREFIX = "pneumonia-xray-"
 UPLOAD_DIR = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
 os.environ["GRADIO_TEMP_DIR"] = UPLOAD_DIR
