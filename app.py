@@ -134,11 +134,12 @@ class UploadFolder:
             waiting = set(self.waiting)
         for file in self.root.rglob("*"):
             try:
-                max_age = waiting_max_age_s if str(file.resolve()) in waiting else max_age_s
+                key = str(file.resolve())
+                max_age = waiting_max_age_s if key in waiting else max_age_s
                 if file.is_file() and not self.is_example(file) and file.stat().st_mtime < now - max_age:
                     file.unlink()
                     with self.lock:
-                        self.waiting.pop(str(file.resolve()), None)  # an upload nobody asked about
+                        self.waiting.pop(key, None)  # an upload nobody asked about
             except OSError:
                 continue
         for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):

@@ -29,7 +29,7 @@ SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy"
 CLOSED_ROUTES = ("/process_recording",)
 
 
-class UploadLimits:
+class BodyLimits:
     """Counts the bytes of a body, and the parts of a multipart one, as it streams; 413 as soon as a limit is passed."""
 
     def __init__(self, boundary: bytes | None, max_parts: int, max_bytes: int, kind: str = "Upload") -> None:
@@ -85,13 +85,15 @@ class HttpGuard:
         if scope["method"] == "POST" and path.endswith(CLOSED_ROUTES):
             await PlainTextResponse("Not Found", status_code=404)(scope, receive, send_with_headers)
             return
+        media_type, options = parse_options_header(Headers(scope=scope).get("content-type", ""))
         try:
-            if scope["method"] == "POST" and (path.endswith("/upload") or self._is_multipart(scope)):
-                receive = self._limited(scope, receive)
+            if scope["method"] == "POST" and (path.endswith("/upload") or media_type.startswith(b"multipart/")):
+                limits = BodyLimits(options.get(b"boundary"), self.max_upload_parts, self.max_upload_bytes)
+                receive = self._counted(scope, receive, limits)
                 if self.on_uploaded is not None and path.endswith("/upload"):
                     send_tracked = self._reporting_stored_paths(send_tracked)
             elif scope["method"] in ("POST", "PUT", "PATCH"):
-                receive = self._counted(scope, receive, UploadLimits(None, 0, self.max_request_bytes, kind="Request"))
+                receive = self._counted(scope, receive, BodyLimits(None, 0, self.max_request_bytes, kind="Request"))
             await self.app(scope, receive, send_tracked)
         except HTTPException as refusal:  # a limit passed while the body streamed in
             if started:
@@ -120,16 +122,7 @@ class HttpGuard:
         return reporting
 
     @staticmethod
-    def _is_multipart(scope: Scope) -> bool:
-        media_type, _ = parse_options_header(Headers(scope=scope).get("content-type", ""))
-        return media_type.startswith(b"multipart/")
-
-    def _limited(self, scope: Scope, receive: Receive) -> Receive:
-        _, options = parse_options_header(Headers(scope=scope).get("content-type", ""))
-        return self._counted(scope, receive, UploadLimits(options.get(b"boundary"), self.max_upload_parts, self.max_upload_bytes))
-
-    @staticmethod
-    def _counted(scope: Scope, receive: Receive, limits: UploadLimits) -> Receive:
+    def _counted(scope: Scope, receive: Receive, limits: BodyLimits) -> Receive:
         length = Headers(scope=scope).get("content-length")
         if length and length.isdigit() and int(length) > limits.max_bytes:
             raise limits.too_large()  # refused before a byte of the body is read
