@@ -57,6 +57,9 @@ WAITING_TEXT = "*The answer for your X-ray appears here.*"
 MAX_FILE_SIZE = "25mb"
 MAX_BATCH_FILES = 100
 BATCH_TIME_BUDGET_S = 60  # one batch holds the batch worker at most about this long
+# Batches waiting behind the running one; more are turned away at once, so batches cannot fill the shared queue
+# (64 events) and single X-rays always find room. One session may have one batch waiting.
+MAX_WAITING_BATCHES = 4
 FILE_LIFETIME_S = 45  # outputs (heatmaps, CSVs) are fetched within seconds; the purge runs every PURGE_EVERY_S
 PURGE_EVERY_S = 10
 # An upload still waiting for its answer (queued behind a long batch, or a batch still reading) is kept this long.
@@ -163,6 +166,15 @@ def remove_stale_folders(temp_root: str = tempfile.gettempdir()) -> None:
         pid = folder.name[len(TEMP_PREFIX):].split("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def waiting_events(demo: gr.Blocks, api_name: str, session_hash: str | None = None) -> int:
+    """Events of one endpoint waiting in Gradio's queue (not those running), in all sessions or in one."""
+    queue = getattr(demo, "_queue", None)
+    if queue is None:
+        return 0
+    return sum(1 for line in queue.event_queue_per_concurrency_id.values() for event in line.queue
+               if event.fn.api_name == api_name and (session_hash is None or event.session_hash == session_hash))
 
 
 def refused(prediction) -> bool:
@@ -278,12 +290,29 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             prediction_json(prediction, model_name),
         )
 
+    def too_many_files(paths: list[str]) -> str | None:
+        if len(paths) > MAX_BATCH_FILES:
+            return f"{len(paths)} files is more than the {MAX_BATCH_FILES} a batch can take; split them up."
+        return None
+
+    def admit_batch(paths: list[str] | None, request: gr.Request):
+        """Runs when a batch asks to join the queue, before it waits: a batch that would only wait to be refused,
+        or that would crowd the queue, is told so at once (the files stay uploaded, so a retry from the page works)."""
+        message = too_many_files(paths or [])
+        if message is None and waiting_events(demo, "predict_batch", request.session_hash):
+            message = "Your previous batch is still waiting for its turn; its results appear here when it has been read."
+        if message is None and (waiting := waiting_events(demo, "predict_batch")) >= MAX_WAITING_BATCHES:
+            message = (f"The Space is busy: {waiting} batches are waiting (each reads for up to "
+                       f"{BATCH_TIME_BUDGET_S} s). Try again in a few minutes, or analyse files one at a time "
+                       "in the Single X-ray tab.")
+        return gr.validate(message is None, message or "")
+
     def predict_batch(paths: list[str] | None):
         if not paths:
             raise user_error("Upload one or more chest X-rays first.")
         try:
-            if len(paths) > MAX_BATCH_FILES:
-                raise user_error(f"{len(paths)} files is more than the {MAX_BATCH_FILES} a batch can take; split them up.")
+            if message := too_many_files(paths):
+                raise user_error(message)
             results = predict_files(classifier, [(_upload_name(p), p) for p in paths], time_budget_s=BATCH_TIME_BUDGET_S)
         finally:
             for path in paths:
@@ -325,11 +354,13 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             analyse_trigger = gr.Button(visible=False)
             analyse_trigger.click(analyse, upload, [confidences, decision, heatmap, answer], api_name="analyse")
         with gr.Tab("Batch"):
-            batch_upload = gr.File(label=f"Up to {MAX_BATCH_FILES} X-rays", file_count="multiple", type="filepath")
-            batch_button = gr.Button("Analyse all", variant="primary")
-            table = gr.Dataframe(headers=["file", "P(pneumonia)", "decision", "note"], label="Results", interactive=False)
-            csv_file = gr.File(label="CSV download")
-            batch_button.click(predict_batch, batch_upload, [table, csv_file], api_name="predict_batch")
+            batch_upload = gr.File(label=f"Up to {MAX_BATCH_FILES} X-rays", file_count="multiple", type="filepath",
+                                   elem_id="batch-upload")
+            batch_button = gr.Button("Analyse all", variant="primary", elem_id="analyse-all")
+            table = gr.Dataframe(headers=["file", "P(pneumonia)", "decision", "note"], label="Results", interactive=False,
+                                 elem_id="batch-results")
+            csv_file = gr.File(label="CSV download", elem_id="batch-csv")
+            batch_button.click(predict_batch, batch_upload, [table, csv_file], api_name="predict_batch", validator=admit_batch)
             batch_upload.change(lambda _files: (None, None), batch_upload, [table, csv_file], api_visibility="private")
         with gr.Tab("About & API"):
             gr.Markdown(about_markdown(classifier, model_name))

@@ -3,7 +3,8 @@
 An ASGI middleware, so it sees every request before Gradio does:
 - an upload request (any multipart POST) may carry at most `max_upload_parts` files and `max_upload_bytes` in all:
   counted while the body streams in, so a request over the limit is refused before its files are stored; the
-  boundary is read with the parser Gradio uses, so no spelling of the header gets past the count;
+  boundary is read with the parser Gradio uses, so no spelling of the header gets past the count; the refusal
+  reaches Gradio's upload parser as its own size error, so it deletes the part files it had already spooled;
 - any other request body (a queue join, an API call: small JSON, files go by path) may be at most
   `max_request_bytes`, so a request cannot carry megabytes into Gradio's parsers and logs;
 - Gradio's audio-recording route is closed: this app takes no audio, and that route keeps its files where no
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 from typing import Callable
 
+from gradio.route_utils import MultiPartException
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -30,16 +32,23 @@ CLOSED_ROUTES = ("/process_recording",)
 
 
 class BodyLimits:
-    """Counts the bytes of a body, and the parts of a multipart one, as it streams; 413 as soon as a limit is passed."""
+    """Counts the bytes of a body, and the parts of a multipart one, as it streams; 413 as soon as a limit is passed.
 
-    def __init__(self, boundary: bytes | None, max_parts: int, max_bytes: int, kind: str = "Upload") -> None:
+    A multipart body's refusal is Gradio's `MultiPartException` (its message says "maximum allowed size", which
+    Gradio answers with 413): raised inside Gradio's upload parser, it makes the parser delete its spool files."""
+
+    def __init__(self, boundary: bytes | None, max_parts: int, max_bytes: int, multipart: bool = True) -> None:
         self.delimiter = b"--" + boundary if boundary else None  # without one only the bytes are counted
-        self.max_parts, self.max_bytes, self.kind = max_parts, max_bytes, kind
+        self.max_parts, self.max_bytes, self.multipart = max_parts, max_bytes, multipart
         self.delimiters_seen, self.bytes_seen = 0, 0
         self.tail = b""  # the end of the previous chunk: a delimiter may straddle two chunks
 
-    def too_large(self) -> HTTPException:
-        return HTTPException(413, f"{self.kind} too large: at most {self.max_bytes / 2**20:g} MB in one request.")
+    def refusal(self, message: str) -> Exception:
+        return MultiPartException(message) if self.multipart else HTTPException(413, message)
+
+    def too_large(self) -> Exception:
+        what = "Upload" if self.multipart else "Request"
+        return self.refusal(f"{what} too large: {self.max_bytes / 2**20:g} MB in one request is the maximum allowed size.")
 
     def feed(self, chunk: bytes) -> None:
         self.bytes_seen += len(chunk)
@@ -52,7 +61,7 @@ class BodyLimits:
         self.tail = window[-(len(self.delimiter) - 1):]
         # n parts have n + 1 delimiters (the last one closes the body)
         if self.delimiters_seen - 1 > self.max_parts:
-            raise HTTPException(413, f"Too many files in one upload: at most {self.max_parts}.")
+            raise self.refusal(f"Too many files in one upload: {self.max_parts} is the maximum allowed size of one request.")
 
 
 class HttpGuard:
@@ -93,12 +102,13 @@ class HttpGuard:
                 if self.on_uploaded is not None and path.endswith("/upload"):
                     send_tracked = self._reporting_stored_paths(send_tracked)
             elif scope["method"] in ("POST", "PUT", "PATCH"):
-                receive = self._counted(scope, receive, BodyLimits(None, 0, self.max_request_bytes, kind="Request"))
+                receive = self._counted(scope, receive, BodyLimits(None, 0, self.max_request_bytes, multipart=False))
             await self.app(scope, receive, send_tracked)
-        except HTTPException as refusal:  # a limit passed while the body streamed in
+        except (HTTPException, MultiPartException) as refusal:  # a limit passed where Gradio's parser was not reading
             if started:
                 raise
-            await PlainTextResponse(refusal.detail, status_code=refusal.status_code)(scope, receive, send_with_headers)
+            message = refusal.detail if isinstance(refusal, HTTPException) else refusal.message
+            await PlainTextResponse(message, status_code=413)(scope, receive, send_with_headers)
 
     def _reporting_stored_paths(self, send: Send) -> Send:
         """Reads the upload's answer (a small JSON list of stored paths) as it passes, and reports the paths."""

@@ -117,6 +117,25 @@ def test_clearing_the_upload_clears_the_answer(page, tmp_path):
     assert not page.locator("#heatmap img").is_visible()
 
 
+def test_the_batch_tab_fills_the_table_and_says_when_the_space_is_busy(page, tmp_path, monkeypatch):
+    import app
+
+    films = [good_xray(tmp_path, f"batch-{i}.png") for i in range(2)]
+    page.get_by_role("tab", name="Batch").click()
+    page.locator("#batch-upload input[type=file]").set_input_files([str(film) for film in films])
+    page.locator("#batch-upload").get_by_text("batch-1").wait_for(timeout=15_000)
+    page.locator("#analyse-all").click()
+    page.locator("#batch-results").get_by_text("batch-1.png").wait_for(timeout=30_000)
+    page.locator("#batch-csv").get_by_text("pneumonia_predictions").wait_for(timeout=10_000)
+    screenshot(page, tmp_path, "batch")
+
+    # The Space full of batches: the person is told at once, not left waiting.
+    monkeypatch.setattr(app, "MAX_WAITING_BATCHES", 0)
+    page.locator("#analyse-all").click()
+    page.get_by_text("The Space is busy").wait_for(timeout=15_000)
+    screenshot(page, tmp_path, "batch-busy")
+
+
 def test_a_phone_sized_screen_shows_the_disclaimer_and_a_readable_footer(browser, app_url, tmp_path):
     page = browser.new_page(viewport={"width": 390, "height": 844})
     page.goto(app_url, wait_until="networkidle")

@@ -26,9 +26,9 @@ def upload(url: str, files: list[tuple[str, bytes]]) -> httpx.Response:
     return httpx.post(f"{url}gradio_api/upload", files=[("files", (name, data)) for name, data in files], timeout=30)
 
 
-def png_bytes(tmp_path: Path, name: str) -> bytes:
+def png_bytes(tmp_path: Path, name: str, seed: int = 3) -> bytes:
     path = tmp_path / name
-    synthetic_xray(1, 3, size=64).save(path)
+    synthetic_xray(1, seed, size=64).save(path)
     return path.read_bytes()
 
 
@@ -46,14 +46,16 @@ def test_responses_are_never_sniffed(url):
     assert httpx.get(url, timeout=30).headers["x-content-type-options"] == "nosniff"
 
 
+def spooled_parts() -> list[Path]:
+    """Files of the parts these tests stream (x bytes) still in the parser's spool, outside any stored folder."""
+    return [p for p in Path(app.UPLOAD_DIR).iterdir() if p.is_file() and p.read_bytes()[:4] == b"xxxx"]
+
+
 def test_an_upload_of_too_many_files_is_refused_before_any_is_stored(url, tmp_path):
-    response = upload(url, [(f"part{i}.png", b"x" * 64) for i in range(app.MAX_BATCH_FILES + 1)])
+    response = upload(url, [(f"part{i}.png", b"x" * 2**16) for i in range(app.MAX_BATCH_FILES + 1)])
     assert response.status_code == 413 and "Too many files" in response.text
-    # Parts already streamed sit in the parser's spool files only (never stored under a name Gradio serves),
-    # and the purge removes them with every other stale file.
-    assert not any(p.name.startswith("part") for p in Path(app.UPLOAD_DIR).rglob("*"))
-    app.UploadFolder(app.UPLOAD_DIR).purge(max_age_s=0)
-    assert not [p for p in Path(app.UPLOAD_DIR).iterdir() if p.is_file()]
+    # The parts already streamed were in the parser's spool files only, and the parser deleted them.
+    assert not any(p.name.startswith("part") for p in Path(app.UPLOAD_DIR).rglob("*")) and not spooled_parts()
     assert upload(url, [("ok.png", png_bytes(tmp_path, "ok.png"))]).status_code == 200  # still serving
 
 
@@ -172,7 +174,7 @@ def test_the_upload_limits_hold_for_any_spelling_of_the_boundary(url, boundary_p
     response = httpx.post(f"{url}gradio_api/upload", content=multipart_body("b0und4ry", app.MAX_BATCH_FILES + 1),
                           headers={"content-type": f"multipart/form-data; {boundary_parameter}"}, timeout=30)
     assert response.status_code == 413 and "Too many files" in response.text
-    app.UploadFolder(app.UPLOAD_DIR).purge(max_age_s=0)
+    assert not spooled_parts()
 
 
 def test_the_audio_recording_route_is_closed(url):
@@ -184,7 +186,7 @@ def test_the_audio_recording_route_is_closed(url):
 
 def test_the_same_bytes_under_two_names_each_get_their_answer(url, tmp_path):
     """Gradio keeps both names in one folder (named by the content): one answer must not delete the other file."""
-    data = png_bytes(tmp_path, "film.png")
+    data = png_bytes(tmp_path, "film.png", seed=17)  # bytes no other test sends: the folder is this test's alone
     (first,) = upload(url, [("patient-a.png", data)]).json()
     (second,) = upload(url, [("patient-b.png", data)]).json()
     assert Path(first).parent == Path(second).parent and first != second
@@ -211,3 +213,50 @@ def test_a_queue_request_of_megabytes_is_refused_before_gradio_reads_it(url):
     streamed = httpx.post(f"{url}gradio_api/queue/join", content=iter([b"{" + b" " * 2**20, b"}"]),
                           headers={"content-type": "application/json"}, timeout=30)  # no length given
     assert streamed.status_code == 413
+
+
+def test_batches_cannot_crowd_the_queue_and_single_x_rays_still_get_answers(url, tmp_path, monkeypatch):
+    """One client sending batch after batch would fill the shared queue (64 events) and turn everyone away."""
+    import threading
+
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import ValidationError
+
+    entered, release = threading.Event(), threading.Event()
+    original = app.predict_files
+
+    def held(*args, **kwargs):  # the running batch holds the batch worker until the test lets it go
+        entered.set()
+        release.wait(60)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(app, "predict_files", held)
+    batch_endpoint = BrowserProtocol(url).endpoints["predict_batch"]
+    film = png_bytes(tmp_path, "batch-film.png")
+
+    def join(session: str) -> httpx.Response:
+        (stored,) = upload(url, [("batch-film.png", film)]).json()
+        return httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
+            "data": [[{"path": stored, "meta": {"_type": "gradio.FileData"}}]], "fn_index": batch_endpoint,
+            "session_hash": session, "event_data": None, "trigger_id": None})
+
+    sessions = ["crowd-running", *(f"crowd-waiting-{i}" for i in range(app.MAX_WAITING_BATCHES))]
+    try:
+        assert join(sessions[0]).status_code == 200 and entered.wait(30)
+        assert join(sessions[1]).status_code == 200
+        again = join(sessions[1])
+        assert again.status_code == 422 and "Your previous batch is still waiting" in again.text
+        for session in sessions[2:]:
+            assert join(session).status_code == 200
+        crowded = join("crowd-one-more")
+        assert crowded.status_code == 422 and f"{app.MAX_WAITING_BATCHES} batches are waiting" in crowded.text
+        with pytest.raises(ValidationError, match="The Space is busy"):  # what an API user sees
+            Client(url, verbose=False).predict([handle_file(tmp_path / "batch-film.png")], api_name="/predict_batch")
+        (single,) = upload(url, [("single-film.png", png_bytes(tmp_path, "single-film.png"))]).json()
+        assert answer(url, single)["decision"] in ("NORMAL", "PNEUMONIA")  # singles still have room
+    finally:
+        release.set()
+    for session in sessions:  # every admitted batch is answered once the worker is free
+        with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=60) as stream:
+            completed = [line for line in stream.iter_lines() if '"process_completed"' in line]
+        assert completed and '"success": true' in completed[0].replace('"success":true', '"success": true')
