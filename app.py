@@ -509,7 +509,8 @@ def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
         footer_links=["api"],
         run_history=False,
         enable_monitoring=False,
-        app_kwargs={"middleware": [Middleware(HttpGuard, max_upload_parts=MAX_BATCH_FILES, on_uploaded=demo.uploads.register)]},
+        app_kwargs={"middleware": [Middleware(HttpGuard, max_upload_parts=MAX_BATCH_FILES, on_uploaded=demo.uploads.register,
+                                              endpoint_ids=demo.fns.keys)]},
         prevent_thread_lock=True,
         quiet=quiet,
     )

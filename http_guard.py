@@ -7,6 +7,8 @@ An ASGI middleware, so it sees every request before Gradio does:
   reaches Gradio's upload parser as its own size error, so it deletes the part files it had already spooled;
 - any other request body (a queue join, an API call: small JSON, files go by path) may be at most
   `max_request_bytes`, so a request cannot carry megabytes into Gradio's parsers and logs;
+- a queue join must name an endpoint the app has (`endpoint_ids`): Gradio answers an unknown `fn_index` with a
+  500 and a traceback in the log, so each such request would add one;
 - Gradio's audio-recording route is closed: this app takes no audio, and that route keeps its files where no
   purge reaches them;
 - every response says `X-Content-Type-Options: nosniff` (a served file is never sniffed into HTML or script)
@@ -18,7 +20,7 @@ An ASGI middleware, so it sees every request before Gradio does:
 from __future__ import annotations
 
 import json
-from typing import Callable
+from typing import Callable, Collection
 
 from gradio.route_utils import MultiPartException
 from python_multipart.multipart import parse_options_header
@@ -66,11 +68,13 @@ class BodyLimits:
 
 class HttpGuard:
     def __init__(self, app: ASGIApp, max_upload_parts: int = 100, max_upload_bytes: int = 256 * 2**20,
-                 max_request_bytes: int = 2**20, on_uploaded: Callable[[list[str]], None] | None = None) -> None:
+                 max_request_bytes: int = 2**20, on_uploaded: Callable[[list[str]], None] | None = None,
+                 endpoint_ids: Callable[[], Collection[int]] | None = None) -> None:
         self.app = app
         self.max_upload_parts, self.max_upload_bytes = max_upload_parts, max_upload_bytes
         self.max_request_bytes = max_request_bytes
         self.on_uploaded = on_uploaded
+        self.endpoint_ids = endpoint_ids
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,12 +107,55 @@ class HttpGuard:
                     send_tracked = self._reporting_stored_paths(send_tracked)
             elif scope["method"] in ("POST", "PUT", "PATCH"):
                 receive = self._counted(scope, receive, BodyLimits(None, 0, self.max_request_bytes, multipart=False))
+                if self.endpoint_ids is not None and path.endswith("/queue/join"):
+                    body = await self._read_body(receive)
+                    if not self._names_an_endpoint(body):
+                        await PlainTextResponse("Unknown endpoint (fn_index).", status_code=400)(scope, receive, send_with_headers)
+                        return
+                    receive = self._replaying(body, receive)
             await self.app(scope, receive, send_tracked)
         except (HTTPException, MultiPartException) as refusal:  # a limit passed where Gradio's parser was not reading
             if started:
                 raise
             message = refusal.detail if isinstance(refusal, HTTPException) else refusal.message
             await PlainTextResponse(message, status_code=413)(scope, receive, send_with_headers)
+
+    def _names_an_endpoint(self, body: bytes) -> bool:
+        """False only for a join whose fn_index is an integer the app has no endpoint for; anything else malformed
+        is left to Gradio's own validation (a 422, without a traceback)."""
+        try:
+            fn_index = json.loads(body).get("fn_index")
+        except (ValueError, AttributeError):
+            return True
+        if isinstance(fn_index, str) and fn_index.strip().lstrip("-").isdigit():
+            fn_index = int(fn_index)  # Gradio's model would accept "3" as 3
+        return not isinstance(fn_index, int) or isinstance(fn_index, bool) or fn_index in self.endpoint_ids()
+
+    @staticmethod
+    async def _read_body(receive: Receive) -> bytes:
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body.extend(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        return bytes(body)
+
+    @staticmethod
+    def _replaying(body: bytes, receive: Receive) -> Receive:
+        """The body read here, handed to the app as if it streamed in now; then the client's own messages."""
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
 
     def _reporting_stored_paths(self, send: Send) -> Send:
         """Reads the upload's answer (a small JSON list of stored paths) as it passes, and reports the paths."""

@@ -260,3 +260,18 @@ def test_batches_cannot_crowd_the_queue_and_single_x_rays_still_get_answers(url,
         with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=60) as stream:
             completed = [line for line in stream.iter_lines() if '"process_completed"' in line]
         assert completed and '"success": true' in completed[0].replace('"success":true', '"success": true')
+
+
+@pytest.mark.parametrize("fn_index", [999, -1, "999"])
+def test_a_join_for_an_endpoint_the_app_does_not_have_gets_a_400_not_a_traceback(url, fn_index, capfd):
+    response = httpx.post(f"{url}gradio_api/queue/join", timeout=30,
+                          json={"data": [], "fn_index": fn_index, "session_hash": "probe", "event_data": None, "trigger_id": None})
+    assert response.status_code == 400 and "Unknown endpoint" in response.text
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_join_for_a_real_endpoint_still_reaches_the_queue(url, tmp_path):
+    (stored,) = upload(url, [("joined.png", png_bytes(tmp_path, "joined.png", seed=23))]).json()
+    assert answer(url, stored)["decision"] in ("NORMAL", "PNEUMONIA")  # the join's body was handed on intact
+    malformed = httpx.post(f"{url}gradio_api/queue/join", json={"data": "not a list", "fn_index": 0, "session_hash": "x"})
+    assert malformed.status_code == 422  # Gradio's own validation, as before
