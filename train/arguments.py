@@ -165,6 +165,11 @@ class ModelArguments:
                   "temperature; one more forward and backward pass a step). 0 (default): off."},
     )
     consistency_zoom: float = field(default=0.25, metadata={"help": "Largest share of a side the framing-consistency copy cuts away."})
+    weight_average_decay: float = field(
+        default=0.0,
+        metadata={"help": "Evaluate, checkpoint and keep an exponential moving average of the weights with this decay per "
+                  "optimizer step (e.g. 0.99: an average over about the last 100 steps; train/averaging.py). 0 (default): off."},
+    )
     early_stopping_patience: int = field(default=5, metadata={"help": "Epochs without validation AUC gain before stopping; 0 disables."})
     hub_dataset_card_id: Optional[str] = field(
         default=None, metadata={"help": "When --data_dir is a local copy of a Hub dataset, its id, named in the card's metadata "
@@ -182,6 +187,8 @@ class ModelArguments:
             raise ValueError(f"--teacher_view must be one of {', '.join(TEACHER_VIEWS)}.")
         if self.framing_consistency < 0 or not 0.0 < self.consistency_zoom < 1.0:
             raise ValueError("--framing_consistency must be >= 0 and --consistency_zoom between 0 and 1 (exclusive).")
+        if not 0.0 <= self.weight_average_decay < 1.0:
+            raise ValueError("--weight_average_decay must be 0 (off) or between 0 and 1.")
         if not 0.0 <= self.distillation_weight <= 1.0 or self.distillation_temperature <= 0:
             raise ValueError("--distillation_weight must be between 0 and 1 and --distillation_temperature positive.")
 

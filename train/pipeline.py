@@ -24,6 +24,7 @@ from chestxray.imaging import to_model_input
 from chestxray.runtime import ONNX_FILE
 from train.arguments import DataArguments, ModelArguments, XRayTrainingArguments, argument_parser
 from train.augment import XRayAugmentation
+from train.averaging import WeightAverageCallback
 from train.calibrate import folded_logits, select_operating_point
 from train.calibration import positive_probabilities
 from train.card import SUMMARY_FILE, render_card, shareable_command
@@ -210,6 +211,7 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
             "knowledge distillation": describe_distillation(model_args.teacher_model_name_or_path, model_args.distillation_temperature,
                                                             model_args.distillation_weight, model_args.teacher_view),
             "framing consistency (weight, largest share of a side cut)": f"{model_args.framing_consistency}, {model_args.consistency_zoom:.0%}",
+            "weight average (EMA decay per step; 0: off)": model_args.weight_average_decay,
             "seed": training_args.seed,
         },
         "training_minutes": round(minutes, 1),
@@ -266,6 +268,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     evaluating = str(training_args.eval_strategy) not in ("no", "IntervalStrategy.NO")
     patience = model_args.early_stopping_patience if evaluating else 0
     callbacks = ([EarlyStoppingCallback(patience)] if patience > 0 else []) + list(extra_callbacks)
+    if model_args.weight_average_decay:
+        callbacks.append(WeightAverageCallback(model_args.weight_average_decay))
     trainer = build_trainer(
         teachers, model_args.distillation_temperature, model_args.distillation_weight, model_args.framing_consistency,
         model_args.consistency_zoom,
