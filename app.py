@@ -21,6 +21,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 # Every upload and every output file lives in this private folder: each upload is deleted as soon as it is
 # answered (or after WAITING_UPLOAD_LIFETIME_S if it never is), anything else after FILE_LIFETIME_S, and the
@@ -168,13 +169,43 @@ def remove_stale_folders(temp_root: str = tempfile.gettempdir()) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def waiting_events(demo: gr.Blocks, api_name: str, session_hash: str | None = None) -> int:
-    """Events of one endpoint waiting in Gradio's queue (not those running), in all sessions or in one."""
+def waiting_sessions(demo: gr.Blocks, api_name: str) -> list[str]:
+    """The sessions of one endpoint's events waiting in Gradio's queue (not those running)."""
     queue = getattr(demo, "_queue", None)
     if queue is None:
-        return 0
-    return sum(1 for line in queue.event_queue_per_concurrency_id.values() for event in line.queue
-               if event.fn.api_name == api_name and (session_hash is None or event.session_hash == session_hash))
+        return []
+    return [event.session_hash for line in list(queue.event_queue_per_concurrency_id.values()) for event in list(line.queue)
+            if event.fn.api_name == api_name]
+
+
+class BatchAdmission:
+    """Decides whether one more batch may wait in the queue. Gradio runs the validators of simultaneous joins at
+    once, before any of them is queued, so counting the queue alone lets a burst through: the count and the
+    admission are one step under a lock, and an admitted batch counts as waiting from its admission until Gradio
+    has queued it, it has started, or `settle_s` has passed (each session once)."""
+
+    def __init__(self, settle_s: float = 2.0, clock=time.monotonic) -> None:
+        self.settle_s, self.clock = settle_s, clock
+        self.lock = threading.Lock()
+        self.admitted: dict[str | None, float] = {}  # session -> when, until the queue or the worker has it
+
+    def refusal(self, waiting: Callable[[], list[str]], session: str | None, max_waiting: int) -> str | None:
+        with self.lock:
+            now, queued = self.clock(), set(waiting())
+            self.admitted = {s: when for s, when in self.admitted.items() if now - when <= self.settle_s and s not in queued}
+            sessions = queued | set(self.admitted)
+            if session in sessions:
+                return "Your previous batch is still waiting for its turn; its results appear here when it has been read."
+            if len(sessions) >= max_waiting:
+                return (f"The Space is busy: {len(sessions)} batches are waiting (each reads for up to "
+                        f"{BATCH_TIME_BUDGET_S} s). Try again in a few minutes, or analyse files one at a time "
+                        "in the Single X-ray tab.")
+            self.admitted[session] = now
+            return None
+
+    def started(self, session: str | None) -> None:
+        with self.lock:
+            self.admitted.pop(session, None)
 
 
 def refused(prediction) -> bool:
@@ -290,6 +321,8 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             prediction_json(prediction, model_name),
         )
 
+    admission = BatchAdmission()
+
     def too_many_files(paths: list[str]) -> str | None:
         if len(paths) > MAX_BATCH_FILES:
             return f"{len(paths)} files is more than the {MAX_BATCH_FILES} a batch can take; split them up."
@@ -298,16 +331,12 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
     def admit_batch(paths: list[str] | None, request: gr.Request):
         """Runs when a batch asks to join the queue, before it waits: a batch that would only wait to be refused,
         or that would crowd the queue, is told so at once (the files stay uploaded, so a retry from the page works)."""
-        message = too_many_files(paths or [])
-        if message is None and waiting_events(demo, "predict_batch", request.session_hash):
-            message = "Your previous batch is still waiting for its turn; its results appear here when it has been read."
-        if message is None and (waiting := waiting_events(demo, "predict_batch")) >= MAX_WAITING_BATCHES:
-            message = (f"The Space is busy: {waiting} batches are waiting (each reads for up to "
-                       f"{BATCH_TIME_BUDGET_S} s). Try again in a few minutes, or analyse files one at a time "
-                       "in the Single X-ray tab.")
+        message = too_many_files(paths or []) or admission.refusal(lambda: waiting_sessions(demo, "predict_batch"),
+                                                                  request.session_hash, MAX_WAITING_BATCHES)
         return gr.validate(message is None, message or "")
 
-    def predict_batch(paths: list[str] | None):
+    def predict_batch(paths: list[str] | None, request: gr.Request):
+        admission.started(request.session_hash)
         if not paths:
             raise user_error("Upload one or more chest X-rays first.")
         try:

@@ -215,51 +215,89 @@ def test_a_queue_request_of_megabytes_is_refused_before_gradio_reads_it(url):
     assert streamed.status_code == 413
 
 
-def test_batches_cannot_crowd_the_queue_and_single_x_rays_still_get_answers(url, tmp_path, monkeypatch):
-    """One client sending batch after batch would fill the shared queue (64 events) and turn everyone away."""
+@pytest.fixture
+def held_batch_worker(monkeypatch):
+    """The running batch holds the batch worker until the test lets it go."""
     import threading
-
-    from gradio_client import Client, handle_file
-    from gradio_client.exceptions import ValidationError
 
     entered, release = threading.Event(), threading.Event()
     original = app.predict_files
 
-    def held(*args, **kwargs):  # the running batch holds the batch worker until the test lets it go
+    def held(*args, **kwargs):
         entered.set()
         release.wait(60)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(app, "predict_files", held)
-    batch_endpoint = BrowserProtocol(url).endpoints["predict_batch"]
-    film = png_bytes(tmp_path, "batch-film.png")
+    entered.release = release.set  # the test lets the running batch go on
+    yield entered
+    release.set()
 
-    def join(session: str) -> httpx.Response:
-        (stored,) = upload(url, [("batch-film.png", film)]).json()
-        return httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
-            "data": [[{"path": stored, "meta": {"_type": "gradio.FileData"}}]], "fn_index": batch_endpoint,
-            "session_hash": session, "event_data": None, "trigger_id": None})
 
-    sessions = ["crowd-running", *(f"crowd-waiting-{i}" for i in range(app.MAX_WAITING_BATCHES))]
-    try:
-        assert join(sessions[0]).status_code == 200 and entered.wait(30)
-        assert join(sessions[1]).status_code == 200
-        again = join(sessions[1])
-        assert again.status_code == 422 and "Your previous batch is still waiting" in again.text
-        for session in sessions[2:]:
-            assert join(session).status_code == 200
-        crowded = join("crowd-one-more")
-        assert crowded.status_code == 422 and f"{app.MAX_WAITING_BATCHES} batches are waiting" in crowded.text
-        with pytest.raises(ValidationError, match="The Space is busy"):  # what an API user sees
-            Client(url, verbose=False).predict([handle_file(tmp_path / "batch-film.png")], api_name="/predict_batch")
-        (single,) = upload(url, [("single-film.png", png_bytes(tmp_path, "single-film.png"))]).json()
-        assert answer(url, single)["decision"] in ("NORMAL", "PNEUMONIA")  # singles still have room
-    finally:
-        release.set()
-    for session in sessions:  # every admitted batch is answered once the worker is free
+def join_batch(url: str, film: bytes, session: str) -> httpx.Response:
+    (stored,) = upload(url, [("batch-film.png", film)]).json()
+    return httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
+        "data": [[{"path": stored, "meta": {"_type": "gradio.FileData"}}]], "fn_index": BrowserProtocol(url).endpoints["predict_batch"],
+        "session_hash": session, "event_data": None, "trigger_id": None})
+
+
+def finish(url: str, sessions: list[str]) -> None:
+    """Every admitted batch is answered once the worker is free."""
+    for session in sessions:
         with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=60) as stream:
             completed = [line for line in stream.iter_lines() if '"process_completed"' in line]
         assert completed and '"success": true' in completed[0].replace('"success":true', '"success": true')
+
+
+def test_batches_cannot_crowd_the_queue_and_single_x_rays_still_get_answers(url, tmp_path, held_batch_worker):
+    """One client sending batch after batch would fill the shared queue (64 events) and turn everyone away."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import ValidationError
+
+    film = png_bytes(tmp_path, "batch-film.png")
+    sessions = ["crowd-running", *(f"crowd-waiting-{i}" for i in range(app.MAX_WAITING_BATCHES))]
+    assert join_batch(url, film, sessions[0]).status_code == 200 and held_batch_worker.wait(30)
+    assert join_batch(url, film, sessions[1]).status_code == 200
+    again = join_batch(url, film, sessions[1])
+    assert again.status_code == 422 and "Your previous batch is still waiting" in again.text
+    for session in sessions[2:]:
+        assert join_batch(url, film, session).status_code == 200
+    crowded = join_batch(url, film, "crowd-one-more")
+    assert crowded.status_code == 422 and f"{app.MAX_WAITING_BATCHES} batches are waiting" in crowded.text
+    with pytest.raises(ValidationError, match="The Space is busy"):  # what an API user sees
+        Client(url, verbose=False).predict([handle_file(tmp_path / "batch-film.png")], api_name="/predict_batch")
+    (single,) = upload(url, [("single-film.png", png_bytes(tmp_path, "single-film.png"))]).json()
+    assert answer(url, single)["decision"] in ("NORMAL", "PNEUMONIA")  # singles still have room
+    held_batch_worker.release()
+    finish(url, sessions)
+
+
+def test_a_burst_of_simultaneous_batches_cannot_slip_past_the_count(url, tmp_path, held_batch_worker):
+    """Gradio validates simultaneous joins at once, before any is queued: counting the queue alone let 6 of 40 in."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    film = png_bytes(tmp_path, "burst-film.png", seed=29)
+    assert join_batch(url, film, "burst-running").status_code == 200 and held_batch_worker.wait(30)
+    sessions = [f"burst-{i}" for i in range(30)]
+    with ThreadPoolExecutor(len(sessions)) as pool:
+        codes = list(pool.map(lambda session: join_batch(url, film, session).status_code, sessions))
+    assert codes.count(200) == app.MAX_WAITING_BATCHES and codes.count(422) == len(sessions) - app.MAX_WAITING_BATCHES
+    held_batch_worker.release()
+    finish(url, ["burst-running", *(s for s, code in zip(sessions, codes) if code == 200)])
+
+
+def test_an_admitted_batch_counts_as_waiting_until_it_is_queued_or_started():
+    now = [0.0]
+    admission = app.BatchAdmission(settle_s=2.0, clock=lambda: now[0])
+    assert admission.refusal(lambda: [], "a", max_waiting=1) is None
+    assert "busy" in admission.refusal(lambda: [], "b", max_waiting=1)  # "a" is not in the queue yet, but counts
+    assert "previous batch" in admission.refusal(lambda: [], "a", max_waiting=1)
+    assert admission.refusal(lambda: ["a"], "b", max_waiting=2) is None  # "a" counted once, from the queue now
+    assert "busy" in admission.refusal(lambda: ["a"], "c", max_waiting=2)
+    admission.started("b")
+    assert admission.refusal(lambda: [], "c", max_waiting=1) is None  # "a" left the queue and "b" runs: none wait
+    now[0] = 2.5
+    assert admission.refusal(lambda: [], "d", max_waiting=1) is None  # an admission never queued expires
 
 
 @pytest.mark.parametrize("fn_index", [999, -1, "999"])
