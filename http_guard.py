@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from typing import Callable, Collection
 
+from gradio.data_classes import PredictBody
 from gradio.route_utils import MultiPartException
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers
@@ -121,15 +122,14 @@ class HttpGuard:
             await PlainTextResponse(message, status_code=413)(scope, receive, send_with_headers)
 
     def _names_an_endpoint(self, body: bytes) -> bool:
-        """False only for a join whose fn_index is an integer the app has no endpoint for; anything else malformed
-        is left to Gradio's own validation (a 422, without a traceback)."""
+        """False only for a join whose fn_index, read as Gradio reads it (its own model: "7", 7.0 and true are all
+        integers there), is one the app has no endpoint for; a malformed join is left to Gradio's validation (a 422,
+        without a traceback)."""
         try:
-            fn_index = json.loads(body).get("fn_index")
-        except (ValueError, AttributeError):
+            fn_index = PredictBody.model_validate_json(body).fn_index
+        except ValueError:
             return True
-        if isinstance(fn_index, str) and fn_index.strip().lstrip("-").isdigit():
-            fn_index = int(fn_index)  # Gradio's model would accept "3" as 3
-        return not isinstance(fn_index, int) or isinstance(fn_index, bool) or fn_index in self.endpoint_ids()
+        return fn_index is None or fn_index in self.endpoint_ids()
 
     @staticmethod
     async def _read_body(receive: Receive) -> bytes:

@@ -300,7 +300,7 @@ def test_an_admitted_batch_counts_as_waiting_until_it_is_queued_or_started():
     assert admission.refusal(lambda: [], "d", max_waiting=1) is None  # an admission never queued expires
 
 
-@pytest.mark.parametrize("fn_index", [999, -1, "999"])
+@pytest.mark.parametrize("fn_index", [999, -1, "999", 999.0])
 def test_a_join_for_an_endpoint_the_app_does_not_have_gets_a_400_not_a_traceback(url, fn_index, capfd):
     response = httpx.post(f"{url}gradio_api/queue/join", timeout=30,
                           json={"data": [], "fn_index": fn_index, "session_hash": "probe", "event_data": None, "trigger_id": None})
