@@ -125,9 +125,9 @@ class HttpGuard:
         """False only for a join whose fn_index, read as Gradio reads it (its own model: "7", 7.0 and true are all
         integers there), is one the app has no endpoint for; a malformed join is left to Gradio's validation (a 422,
         without a traceback)."""
-        try:
-            fn_index = PredictBody.model_validate_json(body).fn_index
-        except ValueError:
+        try:  # as FastAPI reads it: json.loads on the bytes (any UTF encoding, a BOM, NaN), then the model
+            fn_index = PredictBody.model_validate(json.loads(body)).fn_index
+        except (ValueError, RecursionError):
             return True
         return fn_index is None or fn_index in self.endpoint_ids()
 

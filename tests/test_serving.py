@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -301,9 +302,11 @@ def test_an_admitted_batch_counts_as_waiting_until_it_is_queued_or_started():
 
 
 @pytest.mark.parametrize("fn_index", [999, -1, "999", 999.0])
-def test_a_join_for_an_endpoint_the_app_does_not_have_gets_a_400_not_a_traceback(url, fn_index, capfd):
-    response = httpx.post(f"{url}gradio_api/queue/join", timeout=30,
-                          json={"data": [], "fn_index": fn_index, "session_hash": "probe", "event_data": None, "trigger_id": None})
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-32"])  # FastAPI's json.loads reads them all
+def test_a_join_for_an_endpoint_the_app_does_not_have_gets_a_400_not_a_traceback(url, fn_index, encoding, capfd):
+    body = json.dumps({"data": [], "fn_index": fn_index, "session_hash": "probe", "event_data": None, "trigger_id": None})
+    response = httpx.post(f"{url}gradio_api/queue/join", content=body.encode(encoding), timeout=30,
+                          headers={"content-type": "application/json"})
     assert response.status_code == 400 and "Unknown endpoint" in response.text
     assert "Traceback" not in capfd.readouterr().err
 
