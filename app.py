@@ -390,7 +390,8 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
                                  elem_id="batch-results")
             csv_file = gr.File(label="CSV download", elem_id="batch-csv")
             batch_button.click(predict_batch, batch_upload, [table, csv_file], api_name="predict_batch", validator=admit_batch)
-            batch_upload.change(lambda _files: (None, None), batch_upload, [table, csv_file], api_visibility="private")
+            # No inputs: the files need not be prepared to clear the table.
+            batch_upload.change(lambda: (None, None), None, [table, csv_file], api_visibility="private")
         with gr.Tab("About & API"):
             gr.Markdown(about_markdown(classifier, model_name))
         gr.Markdown(f"Model: {card_link(classifier, model_name)}. From code: “Use via API” below, or the About & API tab.",
@@ -539,7 +540,8 @@ def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
         run_history=False,
         enable_monitoring=False,
         app_kwargs={"middleware": [Middleware(HttpGuard, max_upload_parts=MAX_BATCH_FILES, on_uploaded=demo.uploads.register,
-                                              endpoint_ids=demo.fns.keys)]},
+                                              endpoint_ids=demo.fns.keys,
+                                              free_disk_bytes=lambda: shutil.disk_usage(UPLOAD_DIR).free)]},
         prevent_thread_lock=True,
         quiet=quiet,
     )

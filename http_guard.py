@@ -4,11 +4,16 @@ An ASGI middleware, so it sees every request before Gradio does:
 - an upload request (any multipart POST) may carry at most `max_upload_parts` files and `max_upload_bytes` in all:
   counted while the body streams in, so a request over the limit is refused before its files are stored; the
   boundary is read with the parser Gradio uses, so no spelling of the header gets past the count; the refusal
-  reaches Gradio's upload parser as its own size error, so it deletes the part files it had already spooled;
+  reaches Gradio's upload parser as its own size error, so it deletes the part files it had already spooled (and
+  so does an upload the client abandons half-way);
+- an upload is refused (503) while it would leave less than `min_free_disk_bytes` of disk free: uploads never
+  asked about are kept for minutes, so one client uploading fast could otherwise fill the disk;
 - any other request body (a queue join, an API call: small JSON, files go by path) may be at most
   `max_request_bytes`, so a request cannot carry megabytes into Gradio's parsers and logs;
-- a queue join must name an endpoint the app has (`endpoint_ids`): Gradio answers an unknown `fn_index` with a
-  500 and a traceback in the log, so each such request would add one;
+- a JSON request is read here first, as FastAPI will read it, and refused when Gradio would choke on it: a queue
+  join for an endpoint the app does not have (`endpoint_ids`), or numbers that are not finite (NaN, 1e400), get
+  Gradio's 500 and tracebacks in the log; a request naming more than `max_upload_parts` files makes Gradio
+  prepare each of them (seconds of work, an empty temporary file each) before any check of the app runs;
 - Gradio's audio-recording route is closed: this app takes no audio, and that route keeps its files where no
   purge reaches them;
 - every response says `X-Content-Type-Options: nosniff` (a served file is never sniffed into HTML or script)
@@ -32,6 +37,34 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 CLOSED_ROUTES = ("/process_recording",)
+
+
+class NonFiniteNumber(ValueError):
+    pass
+
+
+def _non_finite(constant: str) -> float:
+    raise NonFiniteNumber(constant)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400
+        raise NonFiniteNumber(text)
+    return value
+
+
+def _file_references(content) -> int:
+    """How many files (objects with a `path`, Gradio's FileData) a JSON request names, at any depth."""
+    count, stack = 0, [content]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            count += "path" in item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
 
 
 class BodyLimits:
@@ -70,8 +103,10 @@ class BodyLimits:
 class HttpGuard:
     def __init__(self, app: ASGIApp, max_upload_parts: int = 100, max_upload_bytes: int = 256 * 2**20,
                  max_request_bytes: int = 2**20, on_uploaded: Callable[[list[str]], None] | None = None,
-                 endpoint_ids: Callable[[], Collection[int]] | None = None) -> None:
+                 endpoint_ids: Callable[[], Collection[int]] | None = None,
+                 free_disk_bytes: Callable[[], int] | None = None, min_free_disk_bytes: int = 2**30) -> None:
         self.app = app
+        self.free_disk_bytes, self.min_free_disk_bytes = free_disk_bytes, min_free_disk_bytes
         self.max_upload_parts, self.max_upload_bytes = max_upload_parts, max_upload_bytes
         self.max_request_bytes = max_request_bytes
         self.on_uploaded = on_uploaded
@@ -102,18 +137,21 @@ class HttpGuard:
         media_type, options = parse_options_header(Headers(scope=scope).get("content-type", ""))
         try:
             if scope["method"] == "POST" and (path.endswith("/upload") or media_type.startswith(b"multipart/")):
+                if self._short_of_disk(scope):
+                    await PlainTextResponse("The Space is short of disk space for uploads; try again in a few minutes.",
+                                            status_code=503)(scope, receive, send_with_headers)
+                    return
                 limits = BodyLimits(options.get(b"boundary"), self.max_upload_parts, self.max_upload_bytes)
                 receive = self._counted(scope, receive, limits)
                 if self.on_uploaded is not None and path.endswith("/upload"):
                     send_tracked = self._reporting_stored_paths(send_tracked)
             elif scope["method"] in ("POST", "PUT", "PATCH"):
                 receive = self._counted(scope, receive, BodyLimits(None, 0, self.max_request_bytes, multipart=False))
-                if self.endpoint_ids is not None and path.endswith("/queue/join"):
-                    body = await self._read_body(receive)
-                    if not self._names_an_endpoint(body):
-                        await PlainTextResponse("Unknown endpoint (fn_index).", status_code=400)(scope, receive, send_with_headers)
-                        return
-                    receive = self._replaying(body, receive)
+                body = await self._read_body(receive)
+                if problem := self._json_problem(body, path):
+                    await PlainTextResponse(problem[1], status_code=problem[0])(scope, receive, send_with_headers)
+                    return
+                receive = self._replaying(body, receive)
             await self.app(scope, receive, send_tracked)
         except (HTTPException, MultiPartException) as refusal:  # a limit passed where Gradio's parser was not reading
             if started:
@@ -121,13 +159,39 @@ class HttpGuard:
             message = refusal.detail if isinstance(refusal, HTTPException) else refusal.message
             await PlainTextResponse(message, status_code=413)(scope, receive, send_with_headers)
 
-    def _names_an_endpoint(self, body: bytes) -> bool:
+    def _short_of_disk(self, scope: Scope) -> bool:
+        """Uploads nobody asks about are kept for minutes: one client sending fast could fill the disk. An upload
+        must leave `min_free_disk_bytes` free even at its declared (else its largest allowed) size."""
+        if self.free_disk_bytes is None:
+            return False
+        length = Headers(scope=scope).get("content-length", "")
+        size = min(int(length), self.max_upload_bytes) if length.isdigit() else self.max_upload_bytes
+        return self.free_disk_bytes() - size < self.min_free_disk_bytes
+
+    def _json_problem(self, body: bytes, path: str) -> tuple[int, str] | None:
+        """Why a JSON body must not reach Gradio, read as FastAPI reads it (json.loads on the bytes: any UTF
+        encoding, a BOM); None to hand it on. Malformed JSON is left to FastAPI's own 422."""
+        try:
+            content = json.loads(body, parse_constant=_non_finite, parse_float=_finite_float)
+        except NonFiniteNumber:  # FastAPI would take it, and Gradio answer a 500 with two tracebacks
+            return 422, "Numbers in the request must be finite."
+        except RecursionError:
+            return 400, "The request's JSON is nested too deeply."
+        except ValueError:
+            return None
+        if _file_references(content) > self.max_upload_parts:
+            # Gradio prepares every file a request names before any check of the app runs (seconds for thousands)
+            return 413, f"Too many files in one request: {self.max_upload_parts} is the maximum allowed size."
+        if self.endpoint_ids is not None and path.endswith("/queue/join") and not self._names_an_endpoint(content):
+            return 400, "Unknown endpoint (fn_index)."
+        return None
+
+    def _names_an_endpoint(self, content) -> bool:
         """False only for a join whose fn_index, read as Gradio reads it (its own model: "7", 7.0 and true are all
-        integers there), is one the app has no endpoint for; a malformed join is left to Gradio's validation (a 422,
-        without a traceback)."""
-        try:  # as FastAPI reads it: json.loads on the bytes (any UTF encoding, a BOM, NaN), then the model
-            fn_index = PredictBody.model_validate(json.loads(body)).fn_index
-        except (ValueError, RecursionError):
+        integers there), is one the app has no endpoint for; a join the model refuses is left to its 422."""
+        try:
+            fn_index = PredictBody.model_validate(content).fn_index
+        except ValueError:
             return True
         return fn_index is None or fn_index in self.endpoint_ids()
 
@@ -184,10 +248,17 @@ class HttpGuard:
         if length and length.isdigit() and int(length) > limits.max_bytes:
             raise limits.too_large()  # refused before a byte of the body is read
 
+        ended = False
+
         async def counted() -> Message:
+            nonlocal ended
             message = await receive()
             if message["type"] == "http.request":
                 limits.feed(message.get("body", b""))
+                ended = not message.get("more_body", False)
+            elif message["type"] == "http.disconnect" and not ended and limits.multipart:
+                # Gradio's parser deletes its spool files on its own errors only, not when the client goes away
+                raise limits.refusal("Upload interrupted: the client went away before the end of the body.")
             return message
 
         return counted

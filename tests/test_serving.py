@@ -316,3 +316,65 @@ def test_a_join_for_a_real_endpoint_still_reaches_the_queue(url, tmp_path):
     assert answer(url, stored)["decision"] in ("NORMAL", "PNEUMONIA")  # the join's body was handed on intact
     malformed = httpx.post(f"{url}gradio_api/queue/join", json={"data": "not a list", "fn_index": 0, "session_hash": "x"})
     assert malformed.status_code == 422  # Gradio's own validation, as before
+
+
+def test_an_upload_abandoned_half_way_leaves_no_spooled_parts(url):
+    import socket
+    from urllib.parse import urlparse
+
+    address = urlparse(url)
+    body = multipart_body("b0und4ry", 3).replace(b"xxxx", b"x" * 2**16)
+    head = (f"POST /gradio_api/upload HTTP/1.1\r\nHost: {address.hostname}\r\nContent-Type: multipart/form-data; "
+            f"boundary=b0und4ry\r\nContent-Length: {len(body) * 10}\r\n\r\n").encode()
+    with socket.create_connection((address.hostname, address.port)) as client:
+        client.sendall(head + body[: len(body) - 10])  # two parts whole, the third cut short; then the client goes
+        time.sleep(1.0)
+    deadline = time.monotonic() + 10
+    while spooled_parts() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not spooled_parts()
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "1e400"])
+def test_numbers_gradio_cannot_serialise_are_refused_before_they_reach_it(url, number, capfd):
+    body = '{"data": [%s], "fn_index": 0, "session_hash": "probe", "event_data": null, "trigger_id": null}' % number
+    response = httpx.post(f"{url}gradio_api/queue/join", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "finite" in response.text
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_request_naming_thousands_of_files_is_refused_before_gradio_prepares_them(url, tmp_path):
+    (stored,) = upload(url, [("many-refs.png", png_bytes(tmp_path, "many-refs.png", seed=31))]).json()
+    reference = {"path": stored, "meta": {"_type": "gradio.FileData"}}
+    batch_endpoint = BrowserProtocol(url).endpoints["predict_batch"]
+    started = time.perf_counter()
+    response = httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
+        "data": [[reference] * 6000], "fn_index": batch_endpoint, "session_hash": "refs", "event_data": None, "trigger_id": None})
+    assert response.status_code == 413 and "Too many files" in response.text
+    assert time.perf_counter() - started < 2
+    assert len([p for p in Path(app.UPLOAD_DIR).iterdir() if p.is_file()]) < 100  # no empty file per reference
+
+
+def test_uploads_are_refused_while_they_would_leave_the_disk_short():
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from http_guard import HttpGuard
+
+    free = [3 * 2**30]
+
+    async def stored(request):
+        await request.body()
+        return PlainTextResponse("stored")
+
+    guarded = Starlette(routes=[Route("/gradio_api/upload", stored, methods=["POST"])],
+                        middleware=[Middleware(HttpGuard, free_disk_bytes=lambda: free[0], min_free_disk_bytes=2**30)])
+    with TestClient(guarded) as client:
+        files = {"files": ("film.png", b"x" * 1000)}
+        assert client.post("/gradio_api/upload", files=files).text == "stored"
+        free[0] = 2**30 + 500  # this upload would leave less than the reserve
+        refused = client.post("/gradio_api/upload", files=files)
+        assert refused.status_code == 503 and "short of disk space" in refused.text
