@@ -21,7 +21,6 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
 # Every upload and every output file lives in this private folder: each upload is deleted as soon as it is
 # answered (or after WAITING_UPLOAD_LIFETIME_S if it never is), anything else after FILE_LIFETIME_S, and the
@@ -42,6 +41,7 @@ from starlette.middleware import Middleware  # noqa: E402
 from chestxray import ImageReadError, ModelLoadError, PneumoniaClassifier  # noqa: E402
 from chestxray.batch import expand_paths, predict_files, write_csv  # noqa: E402
 from chestxray.explain import COLORMAP_ANCHORS, EVIDENCE_FLOOR, display_image, evidence, grad_cam, overlay  # noqa: E402
+from admission import BatchAdmission, ClientAdmission, client_address, waiting_events  # noqa: E402
 from http_guard import HttpGuard  # noqa: E402
 
 logger = logging.getLogger("app")
@@ -61,6 +61,9 @@ BATCH_TIME_BUDGET_S = 60  # one batch holds the batch worker at most about this 
 # Batches waiting behind the running one; more are turned away at once, so batches cannot fill the shared queue
 # (64 events) and single X-rays always find room. One session may have one batch waiting.
 MAX_WAITING_BATCHES = 4
+# Requests one client (an address; on a Space, as Hugging Face's proxy saw it) may have waiting: on a Space 16 of
+# the queue's 64, elsewhere no limit (a load test from one machine is many users at one address).
+MAX_WAITING_PER_CLIENT = int(os.environ.get("MAX_WAITING_PER_CLIENT", "16" if os.environ.get("SPACE_ID") else "0"))
 FILE_LIFETIME_S = 45  # outputs (heatmaps, CSVs) are fetched within seconds; the purge runs every PURGE_EVERY_S
 PURGE_EVERY_S = 10
 # An upload still waiting for its answer (queued behind a long batch, or a batch still reading) is kept this long.
@@ -169,45 +172,6 @@ def remove_stale_folders(temp_root: str = tempfile.gettempdir()) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def waiting_sessions(demo: gr.Blocks, api_name: str) -> list[str]:
-    """The sessions of one endpoint's events waiting in Gradio's queue (not those running)."""
-    queue = getattr(demo, "_queue", None)
-    if queue is None:
-        return []
-    return [event.session_hash for line in list(queue.event_queue_per_concurrency_id.values()) for event in list(line.queue)
-            if event.fn.api_name == api_name]
-
-
-class BatchAdmission:
-    """Decides whether one more batch may wait in the queue. Gradio runs the validators of simultaneous joins at
-    once, before any of them is queued, so counting the queue alone lets a burst through: the count and the
-    admission are one step under a lock, and an admitted batch counts as waiting from its admission until Gradio
-    has queued it, it has started, or `settle_s` has passed (each session once)."""
-
-    def __init__(self, settle_s: float = 2.0, clock=time.monotonic) -> None:
-        self.settle_s, self.clock = settle_s, clock
-        self.lock = threading.Lock()
-        self.admitted: dict[str | None, float] = {}  # session -> when, until the queue or the worker has it
-
-    def refusal(self, waiting: Callable[[], list[str]], session: str | None, max_waiting: int) -> str | None:
-        with self.lock:
-            now, queued = self.clock(), set(waiting())
-            self.admitted = {s: when for s, when in self.admitted.items() if now - when <= self.settle_s and s not in queued}
-            sessions = queued | set(self.admitted)
-            if session in sessions:
-                return "Your previous batch is still waiting for its turn; its results appear here when it has been read."
-            if len(sessions) >= max_waiting:
-                return (f"The Space is busy: {len(sessions)} batches are waiting (each reads for up to "
-                        f"{BATCH_TIME_BUDGET_S} s). Try again in a few minutes, or analyse files one at a time "
-                        "in the Single X-ray tab.")
-            self.admitted[session] = now
-            return None
-
-    def started(self, session: str | None) -> None:
-        with self.lock:
-            self.admitted.pop(session, None)
-
-
 def refused(prediction) -> bool:
     """The gate decided this is not a frontal chest X-ray: no decision, no probability."""
     return prediction.decision is None
@@ -264,6 +228,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
                uploads: UploadFolder | None = None) -> gr.Blocks:
     """The whole UI and API around one loaded classifier (the tests launch it with a tiny model)."""
     uploads = uploads or UploadFolder(UPLOAD_DIR)
+    batches, clients = BatchAdmission(), ClientAdmission()  # who may join the queue (admission.py)
 
     def read_upload(path: str | None) -> Image.Image:
         if not path:
@@ -286,10 +251,12 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
         except ImageReadError as error:
             raise user_error(str(error)) from None
 
-    def predict(path: str | None) -> dict:
+    def predict(path: str | None, request: gr.Request) -> dict:
+        clients.started(client_address(request))
         return prediction_json(classifier.predict([read_for_api(path)])[0], model_name)
 
-    def analyse(path: str | None):
+    def analyse(path: str | None, request: gr.Request):
+        clients.started(client_address(request))
         image = read_for_api(path)
         prediction = classifier.predict([image])[0]
         probabilities = None if refused(prediction) else prediction.probabilities
@@ -300,8 +267,9 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
         hidden = gr.update(value=None, visible=False)
         return None, hidden, decision_text, hidden, gr.update(visible=False), None
 
-    def show_upload(path: str | None):
+    def show_upload(path: str | None, request: gr.Request):
         """The page's answer to a new file (or to a cleared one): every output follows the input."""
+        clients.started(client_address(request))
         if not path:
             return cleared(WAITING_TEXT)
         try:
@@ -321,22 +289,34 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             prediction_json(prediction, model_name),
         )
 
-    admission = BatchAdmission()
-
     def too_many_files(paths: list[str]) -> str | None:
         if len(paths) > MAX_BATCH_FILES:
             return f"{len(paths)} files is more than the {MAX_BATCH_FILES} a batch can take; split them up."
         return None
 
+    def client_refusal(request: gr.Request) -> str | None:
+        return clients.refusal(lambda: [client_address(event.request) for event in waiting_events(demo)],
+                               client_address(request), MAX_WAITING_PER_CLIENT)
+
+    def admit(_path: str | None, request: gr.Request):
+        """Runs when a request asks to join the queue, before it waits (see admission.py)."""
+        message = client_refusal(request)
+        return gr.validate(message is None, message or "")
+
+    # A validator costs each request a few ms (Gradio prepares the inputs for it): only where there is a limit.
+    admit_single = admit if MAX_WAITING_PER_CLIENT > 0 else None
+
     def admit_batch(paths: list[str] | None, request: gr.Request):
-        """Runs when a batch asks to join the queue, before it waits: a batch that would only wait to be refused,
-        or that would crowd the queue, is told so at once (the files stay uploaded, so a retry from the page works)."""
-        message = too_many_files(paths or []) or admission.refusal(lambda: waiting_sessions(demo, "predict_batch"),
-                                                                  request.session_hash, MAX_WAITING_BATCHES)
+        """A batch that would only wait to be refused, or that would crowd the queue, is told so at once (the files
+        stay uploaded, so a retry from the page works)."""
+        sessions = lambda: [event.session_hash for event in waiting_events(demo) if event.fn.api_name == "predict_batch"]  # noqa: E731
+        message = (too_many_files(paths or []) or client_refusal(request)
+                   or batches.refusal(sessions, request.session_hash, MAX_WAITING_BATCHES, BATCH_TIME_BUDGET_S))
         return gr.validate(message is None, message or "")
 
     def predict_batch(paths: list[str] | None, request: gr.Request):
-        admission.started(request.session_hash)
+        batches.started(request.session_hash)
+        clients.started(client_address(request))
         if not paths:
             raise user_error("Upload one or more chest X-rays first.")
         try:
@@ -376,12 +356,12 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             with gr.Accordion("JSON (as returned by the /predict API)", open=False):
                 answer = gr.JSON(label="Prediction")
             upload.change(show_upload, upload, [preview, confidences, decision, heatmap, legend, answer],
-                          api_visibility="private", show_progress="minimal")
+                          api_visibility="private", show_progress="minimal", validator=admit_single)
             # API-only twins of the page: one file in, the answer out.
             predict_trigger = gr.Button(visible=False)
-            predict_trigger.click(predict, upload, answer, api_name="predict")
+            predict_trigger.click(predict, upload, answer, api_name="predict", validator=admit_single)
             analyse_trigger = gr.Button(visible=False)
-            analyse_trigger.click(analyse, upload, [confidences, decision, heatmap, answer], api_name="analyse")
+            analyse_trigger.click(analyse, upload, [confidences, decision, heatmap, answer], api_name="analyse", validator=admit_single)
         with gr.Tab("Batch"):
             batch_upload = gr.File(label=f"Up to {MAX_BATCH_FILES} X-rays", file_count="multiple", type="filepath",
                                    elem_id="batch-upload")

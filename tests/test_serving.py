@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 import app
+from admission import BatchAdmission, ClientAdmission, client_address
 from bench.common import BrowserProtocol
 from conftest import free_port, synthetic_xray
 
@@ -289,16 +290,99 @@ def test_a_burst_of_simultaneous_batches_cannot_slip_past_the_count(url, tmp_pat
 
 def test_an_admitted_batch_counts_as_waiting_until_it_is_queued_or_started():
     now = [0.0]
-    admission = app.BatchAdmission(settle_s=2.0, clock=lambda: now[0])
-    assert admission.refusal(lambda: [], "a", max_waiting=1) is None
-    assert "busy" in admission.refusal(lambda: [], "b", max_waiting=1)  # "a" is not in the queue yet, but counts
-    assert "previous batch" in admission.refusal(lambda: [], "a", max_waiting=1)
-    assert admission.refusal(lambda: ["a"], "b", max_waiting=2) is None  # "a" counted once, from the queue now
-    assert "busy" in admission.refusal(lambda: ["a"], "c", max_waiting=2)
+    admission = BatchAdmission(settle_s=2.0, clock=lambda: now[0])
+    assert admission.refusal(lambda: [], "a", max_waiting=1, seconds_each=60) is None
+    assert "busy" in admission.refusal(lambda: [], "b", max_waiting=1, seconds_each=60)  # "a" is not in the queue yet, but counts
+    assert "previous batch" in admission.refusal(lambda: [], "a", max_waiting=1, seconds_each=60)
+    assert admission.refusal(lambda: ["a"], "b", max_waiting=2, seconds_each=60) is None  # "a" counted once, from the queue now
+    assert "busy" in admission.refusal(lambda: ["a"], "c", max_waiting=2, seconds_each=60)
     admission.started("b")
-    assert admission.refusal(lambda: [], "c", max_waiting=1) is None  # "a" left the queue and "b" runs: none wait
+    assert admission.refusal(lambda: [], "c", max_waiting=1, seconds_each=60) is None  # "a" left the queue and "b" runs: none wait
     now[0] = 2.5
-    assert admission.refusal(lambda: [], "d", max_waiting=1) is None  # an admission never queued expires
+    assert admission.refusal(lambda: [], "d", max_waiting=1, seconds_each=60) is None  # an admission never queued expires
+
+
+@pytest.fixture(scope="module")
+def space_url(trained_model):
+    """The app as on a Space, where one client may have only so many requests waiting (3 here)."""
+    from chestxray import PneumoniaClassifier
+
+    classifier = PneumoniaClassifier.from_pretrained(trained_model)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(app, "MAX_WAITING_PER_CLIENT", 3)
+        demo = app.build_demo(classifier, "tiny-test-model")
+    port = free_port()
+    app.serve(demo, "127.0.0.1", port, quiet=True)
+    yield f"http://127.0.0.1:{port}/", classifier
+    demo.close()
+
+
+def test_one_client_cannot_fill_the_queue_and_is_told_why(space_url, tmp_path, monkeypatch):
+    """A script sending request after request (any endpoint, a new session each) would fill the queue of 64."""
+    import threading
+
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import ValidationError
+
+    url, classifier = space_url
+    entered, release = threading.Event(), threading.Event()
+    original = classifier.predict
+
+    def held(*args, **kwargs):
+        entered.set()
+        release.wait(60)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(classifier, "predict", held)
+    monkeypatch.setattr(app, "MAX_WAITING_PER_CLIENT", 3)
+    film = png_bytes(tmp_path, "client-film.png", seed=37)
+    endpoint = BrowserProtocol(url).endpoints["predict"]
+
+    def join(session: str) -> httpx.Response:
+        (stored,) = upload(url, [("client-film.png", film)]).json()
+        return httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
+            "data": [{"path": stored, "meta": {"_type": "gradio.FileData"}}], "fn_index": endpoint,
+            "session_hash": session, "event_data": None, "trigger_id": None})
+
+    sessions = [f"client-{i}" for i in range(4)]
+    try:
+        assert join(sessions[0]).status_code == 200 and entered.wait(30)  # running, not waiting
+        for session in sessions[1:]:
+            assert join(session).status_code == 200
+        refused = join("client-one-more")
+        assert refused.status_code == 422 and "You have 3 requests waiting" in refused.text
+        with pytest.raises(ValidationError, match="requests waiting"):  # what an API user sees
+            Client(url, verbose=False).predict(handle_file(tmp_path / "client-film.png"), api_name="/predict")
+    finally:
+        release.set()
+    finish(url, sessions)
+
+
+def test_a_client_is_its_address_and_on_a_space_the_proxy_s_last_entry(monkeypatch):
+    from types import SimpleNamespace
+
+    request = SimpleNamespace(headers={"x-forwarded-for": "6.6.6.6, 203.0.113.9"}, client=SimpleNamespace(host="10.0.0.2"))
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert client_address(request) == "10.0.0.2"
+    monkeypatch.setenv("SPACE_ID", "user/pneumonia-xray")
+    assert client_address(request) == "203.0.113.9"  # what the client wrote itself (6.6.6.6) is not trusted
+
+
+def test_a_burst_from_one_client_is_counted_before_it_is_queued():
+    now = [0.0]
+    admission = ClientAdmission(settle_s=5.0, clock=lambda: now[0])
+    assert [admission.refusal(lambda: [], "a", max_waiting=2) is None for _ in range(3)] == [True, True, False]
+    assert admission.refusal(lambda: [], "b", max_waiting=2) is None  # another client is not held up
+    assert admission.refusal(lambda: ["a", "a"], "a", max_waiting=2) is not None  # queued now: counted once
+    admission.started("a")
+    assert admission.refusal(lambda: ["a"], "a", max_waiting=2) is None  # one ran; the other still waits
+    for _ in range(3):
+        admission.started("a")
+    assert admission.refusal(lambda: [], "a", max_waiting=2) is None  # all answered: a fast sequential client is fine
+    admission.refusal(lambda: [], "c", max_waiting=1)
+    now[0] = 6.0
+    assert admission.refusal(lambda: [], "c", max_waiting=1) is None  # an admission never started expires
+    assert admission.refusal(lambda: [], "a", max_waiting=0) is None  # 0: no limit
 
 
 @pytest.mark.parametrize("fn_index", [999, -1, "999", 999.0])

@@ -1,0 +1,101 @@
+"""Who may join the public Space's queue: so that one client cannot fill the shared queue (64 events) for everyone.
+
+Gradio has no per-client limit, so the app attaches these checks as each event's `validator`, which Gradio runs
+when a request asks to join, before it waits. Gradio runs the validators of simultaneous joins at once, before any
+of them is queued, so counting the queue alone lets a burst through: each check counts and admits in one step
+under a lock, and counts what it admitted in the last `settle_s` until Gradio has queued it.
+
+- `BatchAdmission`: at most a few batches wait behind the running one, one per session (a batch reads for up to a
+  minute, so a few are all the queue should hold).
+- `ClientAdmission`: one client (an address) may have at most so many requests of any kind waiting. On a Space,
+  requests come through Hugging Face's proxy, so the address is the last entry of X-Forwarded-For, the one the
+  proxy appended (entries before it are whatever the client sent); elsewhere it is the peer's address.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable, Iterable
+
+
+def client_address(request) -> str:
+    """The address a request came from (a Starlette or Gradio request)."""
+    if request is None:
+        return "unknown"
+    if os.environ.get("SPACE_ID"):
+        forwarded = request.headers.get("x-forwarded-for", "")
+        if forwarded.strip():
+            return forwarded.split(",")[-1].strip()
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None) or "unknown"
+
+
+def waiting_events(demo) -> Iterable:
+    """The events waiting in a launched Blocks' queue (not those running)."""
+    queue = getattr(demo, "_queue", None)
+    if queue is None:
+        return []
+    return [event for line in list(queue.event_queue_per_concurrency_id.values()) for event in list(line.queue)]
+
+
+class BatchAdmission:
+    """At most `max_waiting` batches wait, one per session; a batch counts as waiting from its admission until
+    Gradio has queued it, it has started (`started`), or `settle_s` has passed."""
+
+    def __init__(self, settle_s: float = 2.0, clock=time.monotonic) -> None:
+        self.settle_s, self.clock = settle_s, clock
+        self.lock = threading.Lock()
+        self.admitted: dict[str | None, float] = {}  # session -> when, until the queue or the worker has it
+
+    def refusal(self, waiting: Callable[[], list[str]], session: str | None, max_waiting: int,
+                seconds_each: float) -> str | None:
+        with self.lock:
+            now, queued = self.clock(), set(waiting())
+            self.admitted = {s: when for s, when in self.admitted.items() if now - when <= self.settle_s and s not in queued}
+            sessions = queued | set(self.admitted)
+            if session in sessions:
+                return "Your previous batch is still waiting for its turn; its results appear here when it has been read."
+            if len(sessions) >= max_waiting:
+                return (f"The Space is busy: {len(sessions)} batches are waiting (each reads for up to "
+                        f"{seconds_each:g} s). Try again in a few minutes, or analyse files one at a time "
+                        "in the Single X-ray tab.")
+            self.admitted[session] = now
+            return None
+
+    def started(self, session: str | None) -> None:
+        with self.lock:
+            self.admitted.pop(session, None)
+
+
+class ClientAdmission:
+    """At most `max_waiting` requests of one client wait. The count is the larger of the client's events in the
+    queue and its admissions not yet started (`started`; one never started stops counting after `settle_s`): a
+    burst's validators all run before any of its events is queued, so there the admissions count; once queued,
+    the queue does (without counting an event twice)."""
+
+    def __init__(self, settle_s: float = 5.0, clock=time.monotonic) -> None:
+        self.settle_s, self.clock = settle_s, clock
+        self.lock = threading.Lock()
+        self.recent: list[tuple[float, str]] = []  # (when, client) of the latest admissions
+
+    def refusal(self, waiting: Callable[[], list[str]], client: str, max_waiting: int) -> str | None:
+        if max_waiting <= 0:
+            return None
+        with self.lock:
+            now = self.clock()
+            self.recent = [(when, c) for when, c in self.recent if now - when <= self.settle_s]
+            count = max(waiting().count(client), sum(c == client for _, c in self.recent))
+            if count >= max_waiting:
+                return (f"You have {count} requests waiting for an answer already: wait for them, then send more "
+                        "(the Space answers one at a time, and everyone shares its queue).")
+            self.recent.append((now, client))
+            return None
+
+    def started(self, client: str) -> None:
+        with self.lock:
+            for index, (_, c) in enumerate(self.recent):
+                if c == client:
+                    del self.recent[index]  # the oldest of its admissions: events of one client start in order
+                    return
