@@ -5,8 +5,9 @@ when a request asks to join, before it waits. Gradio runs the validators of simu
 of them is queued, so counting the queue alone lets a burst through: each check counts and admits in one step
 under a lock, and counts what it admitted in the last `settle_s` until Gradio has queued it.
 
-- `BatchAdmission`: at most a few batches wait behind the running one, one per session (a batch reads for up to a
-  minute, so a few are all the queue should hold).
+- `BatchAdmission`: at most a few batches wait behind the running one, one per owner: a session, or on a Space a
+  client, since a script opens as many sessions as it likes (a batch reads for up to a minute, so a few are all
+  the queue should hold).
 - `ClientAdmission`: one client (an address) may have at most so many requests of any kind waiting. On a Space,
   requests come through Hugging Face's proxy, so the address is the last entry of X-Forwarded-For, the one the
   proxy appended (entries before it are whatever the client sent); elsewhere it is the peer's address.
@@ -41,32 +42,32 @@ def waiting_events(demo) -> Iterable:
 
 
 class BatchAdmission:
-    """At most `max_waiting` batches wait, one per session; a batch counts as waiting from its admission until
+    """At most `max_waiting` batches wait, one per owner; a batch counts as waiting from its admission until
     Gradio has queued it, it has started (`started`), or `settle_s` has passed."""
 
     def __init__(self, settle_s: float = 2.0, clock=time.monotonic) -> None:
         self.settle_s, self.clock = settle_s, clock
         self.lock = threading.Lock()
-        self.admitted: dict[str | None, float] = {}  # session -> when, until the queue or the worker has it
+        self.admitted: dict[str | None, float] = {}  # owner -> when, until the queue or the worker has it
 
-    def refusal(self, waiting: Callable[[], list[str]], session: str | None, max_waiting: int,
+    def refusal(self, waiting: Callable[[], list[str]], owner: str | None, max_waiting: int,
                 seconds_each: float) -> str | None:
         with self.lock:
             now, queued = self.clock(), set(waiting())
-            self.admitted = {s: when for s, when in self.admitted.items() if now - when <= self.settle_s and s not in queued}
-            sessions = queued | set(self.admitted)
-            if session in sessions:
+            self.admitted = {o: when for o, when in self.admitted.items() if now - when <= self.settle_s and o not in queued}
+            owners = queued | set(self.admitted)
+            if owner in owners:
                 return "Your previous batch is still waiting for its turn; its results appear here when it has been read."
-            if len(sessions) >= max_waiting:
-                return (f"The Space is busy: {len(sessions)} batches are waiting (each reads for up to "
+            if len(owners) >= max_waiting:
+                return (f"The Space is busy: {len(owners)} batches are waiting (each reads for up to "
                         f"{seconds_each:g} s). Try again in a few minutes, or analyse files one at a time "
                         "in the Single X-ray tab.")
-            self.admitted[session] = now
+            self.admitted[owner] = now
             return None
 
-    def started(self, session: str | None) -> None:
+    def started(self, owner: str | None) -> None:
         with self.lock:
-            self.admitted.pop(session, None)
+            self.admitted.pop(owner, None)
 
 
 class ClientAdmission:

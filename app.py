@@ -309,13 +309,18 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
     def admit_batch(paths: list[str] | None, request: gr.Request):
         """A batch that would only wait to be refused, or that would crowd the queue, is told so at once (the files
         stay uploaded, so a retry from the page works)."""
-        sessions = lambda: [event.session_hash for event in waiting_events(demo) if event.fn.api_name == "predict_batch"]  # noqa: E731
+        waiting = lambda: [batch_owner(event) for event in waiting_events(demo) if event.fn.api_name == "predict_batch"]  # noqa: E731
         message = (too_many_files(paths or []) or client_refusal(request)
-                   or batches.refusal(sessions, request.session_hash, MAX_WAITING_BATCHES, BATCH_TIME_BUDGET_S))
+                   or batches.refusal(waiting, batch_owner(request), MAX_WAITING_BATCHES, BATCH_TIME_BUDGET_S))
         return gr.validate(message is None, message or "")
 
+    def batch_owner(request) -> str | None:
+        """Who may have one batch waiting: a page (its session), or on a Space a client (its address), since a
+        script can open as many sessions as it likes."""
+        return client_address(request) if MAX_WAITING_PER_CLIENT > 0 else request.session_hash
+
     def predict_batch(paths: list[str] | None, request: gr.Request):
-        batches.started(request.session_hash)
+        batches.started(batch_owner(request))
         clients.started(client_address(request))
         if not paths:
             raise user_error("Upload one or more chest X-rays first.")
@@ -521,6 +526,7 @@ def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
         enable_monitoring=False,
         app_kwargs={"middleware": [Middleware(HttpGuard, max_upload_parts=MAX_BATCH_FILES, on_uploaded=demo.uploads.register,
                                               endpoint_ids=demo.fns.keys,
+                                              api_names=lambda: {fn.api_name for fn in demo.fns.values() if fn.api_name},
                                               free_disk_bytes=lambda: shutil.disk_usage(UPLOAD_DIR).free)]},
         prevent_thread_lock=True,
         quiet=quiet,

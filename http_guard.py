@@ -10,6 +10,8 @@ An ASGI middleware, so it sees every request before Gradio does:
   asked about are kept for minutes, so one client uploading fast could otherwise fill the disk;
 - any other request body (a queue join, an API call: small JSON, files go by path) may be at most
   `max_request_bytes`, so a request cannot carry megabytes into Gradio's parsers and logs;
+- a request naming an endpoint the app does not have (`api_names`; `/call/NAME`, `/run/NAME`) gets a 404, not
+  Gradio's 500 and traceback;
 - a JSON request is read here first, as FastAPI will read it, and refused when Gradio would choke on it: a queue
   join for an endpoint the app does not have (`endpoint_ids`), or numbers that are not finite (NaN, 1e400), get
   Gradio's 500 and tracebacks in the log; a request naming more than `max_upload_parts` files makes Gradio
@@ -25,6 +27,7 @@ An ASGI middleware, so it sees every request before Gradio does:
 from __future__ import annotations
 
 import json
+import re
 from typing import Callable, Collection
 
 from gradio.data_classes import PredictBody
@@ -37,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 CLOSED_ROUTES = ("/process_recording",)
+NAMED_ROUTE = re.compile(r"/(?:run|api|call|call/v2)/(?P<name>[^/]+)$")  # Gradio's routes that name an endpoint
 
 
 class NonFiniteNumber(ValueError):
@@ -104,13 +108,14 @@ class HttpGuard:
     def __init__(self, app: ASGIApp, max_upload_parts: int = 100, max_upload_bytes: int = 256 * 2**20,
                  max_request_bytes: int = 2**20, on_uploaded: Callable[[list[str]], None] | None = None,
                  endpoint_ids: Callable[[], Collection[int]] | None = None,
+                 api_names: Callable[[], Collection[str]] | None = None,
                  free_disk_bytes: Callable[[], int] | None = None, min_free_disk_bytes: int = 2**30) -> None:
         self.app = app
         self.free_disk_bytes, self.min_free_disk_bytes = free_disk_bytes, min_free_disk_bytes
         self.max_upload_parts, self.max_upload_bytes = max_upload_parts, max_upload_bytes
         self.max_request_bytes = max_request_bytes
         self.on_uploaded = on_uploaded
-        self.endpoint_ids = endpoint_ids
+        self.endpoint_ids, self.api_names = endpoint_ids, api_names
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -133,6 +138,10 @@ class HttpGuard:
         path = scope["path"].rstrip("/")
         if scope["method"] == "POST" and path.endswith(CLOSED_ROUTES):
             await PlainTextResponse("Not Found", status_code=404)(scope, receive, send_with_headers)
+            return
+        named = NAMED_ROUTE.search(path) if scope["method"] == "POST" and self.api_names is not None else None
+        if named and named["name"] not in self.api_names():  # Gradio looks the name up first: a 500 and a traceback
+            await PlainTextResponse("Unknown endpoint.", status_code=404)(scope, receive, send_with_headers)
             return
         media_type, options = parse_options_header(Headers(scope=scope).get("content-type", ""))
         try:

@@ -358,6 +358,31 @@ def test_one_client_cannot_fill_the_queue_and_is_told_why(space_url, tmp_path, m
     finish(url, sessions)
 
 
+def test_on_a_space_one_client_has_one_batch_waiting_whatever_its_sessions(space_url, tmp_path, monkeypatch):
+    import threading
+
+    url, _ = space_url
+    entered, release = threading.Event(), threading.Event()
+    original = app.predict_files
+
+    def held(*args, **kwargs):
+        entered.set()
+        release.wait(60)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(app, "predict_files", held)
+    monkeypatch.setattr(app, "MAX_WAITING_PER_CLIENT", 3)
+    film = png_bytes(tmp_path, "owner-film.png", seed=41)
+    try:
+        assert join_batch(url, film, "owner-running").status_code == 200 and entered.wait(30)
+        assert join_batch(url, film, "owner-waiting").status_code == 200
+        another_session = join_batch(url, film, "owner-another-session")
+        assert another_session.status_code == 422 and "Your previous batch is still waiting" in another_session.text
+    finally:
+        release.set()
+    finish(url, ["owner-running", "owner-waiting"])
+
+
 def test_a_client_is_its_address_and_on_a_space_the_proxy_s_last_entry(monkeypatch):
     from types import SimpleNamespace
 
@@ -393,6 +418,18 @@ def test_a_join_for_an_endpoint_the_app_does_not_have_gets_a_400_not_a_traceback
                           headers={"content-type": "application/json"})
     assert response.status_code == 400 and "Unknown endpoint" in response.text
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("route", ["call/nope", "call/v2/nope", "run/nope", "api/nope"])
+def test_a_call_naming_an_endpoint_the_app_does_not_have_gets_a_404_not_a_traceback(url, route, capfd):
+    response = httpx.post(f"{url}gradio_api/{route}", json={"data": [None], "fn_index": 99}, timeout=30)
+    assert response.status_code == 404 and "Traceback" not in capfd.readouterr().err
+
+
+def test_the_named_routes_of_real_endpoints_answer_as_gradio_does(url):
+    assert httpx.post(f"{url}gradio_api/run/predict", json={"data": [None]}, timeout=30).status_code == 404  # api_open=False
+    response = httpx.post(f"{url}gradio_api/call/predict", json={"data": [None]}, timeout=30)
+    assert response.status_code == 200 and "event_id" in response.json()  # the curl route of "Use via API"
 
 
 def test_a_join_for_a_real_endpoint_still_reaches_the_queue(url, tmp_path):
