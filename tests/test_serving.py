@@ -468,12 +468,14 @@ def test_a_request_naming_thousands_of_files_is_refused_before_gradio_prepares_t
     (stored,) = upload(url, [("many-refs.png", png_bytes(tmp_path, "many-refs.png", seed=31))]).json()
     reference = {"path": stored, "meta": {"_type": "gradio.FileData"}}
     batch_endpoint = BrowserProtocol(url).endpoints["predict_batch"]
+    files_before = len([p for p in Path(app.UPLOAD_DIR).iterdir() if p.is_file()])
     started = time.perf_counter()
     response = httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
         "data": [[reference] * 6000], "fn_index": batch_endpoint, "session_hash": "refs", "event_data": None, "trigger_id": None})
     assert response.status_code == 413 and "Too many files" in response.text
     assert time.perf_counter() - started < 2
-    assert len([p for p in Path(app.UPLOAD_DIR).iterdir() if p.is_file()]) < 100  # no empty file per reference
+    # Gradio 6.31 leaves an empty temporary file for each file it prepares (the purge takes them): none were made
+    assert len([p for p in Path(app.UPLOAD_DIR).iterdir() if p.is_file()]) - files_before < 10
 
 
 def test_uploads_are_refused_while_they_would_leave_the_disk_short():
