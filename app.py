@@ -309,18 +309,20 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
     def admit_batch(paths: list[str] | None, request: gr.Request):
         """A batch that would only wait to be refused, or that would crowd the queue, is told so at once (the files
         stay uploaded, so a retry from the page works)."""
-        waiting = lambda: [batch_owner(event) for event in waiting_events(demo) if event.fn.api_name == "predict_batch"]  # noqa: E731
+        waiting = lambda: [batch_owner(event.request, event.session_hash) for event in waiting_events(demo)  # noqa: E731
+                           if event.fn.api_name == "predict_batch"]
         message = (too_many_files(paths or []) or client_refusal(request)
-                   or batches.refusal(waiting, batch_owner(request), MAX_WAITING_BATCHES, BATCH_TIME_BUDGET_S))
+                   or batches.refusal(waiting, batch_owner(request, request.session_hash), MAX_WAITING_BATCHES,
+                                      BATCH_TIME_BUDGET_S))
         return gr.validate(message is None, message or "")
 
-    def batch_owner(request) -> str | None:
+    def batch_owner(request, session_hash: str | None) -> str | None:
         """Who may have one batch waiting: a page (its session), or on a Space a client (its address), since a
         script can open as many sessions as it likes."""
-        return client_address(request) if MAX_WAITING_PER_CLIENT > 0 else request.session_hash
+        return client_address(request) if MAX_WAITING_PER_CLIENT > 0 else session_hash
 
     def predict_batch(paths: list[str] | None, request: gr.Request):
-        batches.started(batch_owner(request))
+        batches.started(batch_owner(request, request.session_hash))
         clients.started(client_address(request))
         if not paths:
             raise user_error("Upload one or more chest X-rays first.")
@@ -375,8 +377,8 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
                                  elem_id="batch-results")
             csv_file = gr.File(label="CSV download", elem_id="batch-csv")
             batch_button.click(predict_batch, batch_upload, [table, csv_file], api_name="predict_batch", validator=admit_batch)
-            # No inputs: the files need not be prepared to clear the table.
-            batch_upload.change(lambda: (None, None), None, [table, csv_file], api_visibility="private")
+            # In the browser alone: nothing for the server to prepare, and no event for a script to queue.
+            batch_upload.change(None, None, [table, csv_file], js="() => [null, null]", api_visibility="private")
         with gr.Tab("About & API"):
             gr.Markdown(about_markdown(classifier, model_name))
         gr.Markdown(f"Model: {card_link(classifier, model_name)}. From code: “Use via API” below, or the About & API tab.",
@@ -525,7 +527,7 @@ def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
         run_history=False,
         enable_monitoring=False,
         app_kwargs={"middleware": [Middleware(HttpGuard, max_upload_parts=MAX_BATCH_FILES, on_uploaded=demo.uploads.register,
-                                              endpoint_ids=demo.fns.keys,
+                                              endpoint_ids=lambda: {i for i, fn in demo.fns.items() if fn.fn is not None},
                                               api_names=lambda: {fn.api_name for fn in demo.fns.values() if fn.api_name},
                                               free_disk_bytes=lambda: shutil.disk_usage(UPLOAD_DIR).free)]},
         prevent_thread_lock=True,

@@ -10,12 +10,13 @@ An ASGI middleware, so it sees every request before Gradio does:
   asked about are kept for minutes, so one client uploading fast could otherwise fill the disk;
 - any other request body (a queue join, an API call: small JSON, files go by path) may be at most
   `max_request_bytes`, so a request cannot carry megabytes into Gradio's parsers and logs;
-- a request naming an endpoint the app does not have (`api_names`; `/call/NAME`, `/run/NAME`) gets a 404, not
-  Gradio's 500 and traceback;
+- a request naming an endpoint the app does not have (`api_names`; `/call/NAME`), and any to `/run/NAME` and
+  `/api/NAME` (with the queue on they serve nothing), get a 404, not Gradio's 500 and traceback;
 - a JSON request is read here first, as FastAPI will read it, and refused when Gradio would choke on it: a queue
   join for an endpoint the app does not have (`endpoint_ids`), or numbers that are not finite (NaN, 1e400), get
   Gradio's 500 and tracebacks in the log; a request naming more than `max_upload_parts` files makes Gradio
-  prepare each of them (seconds of work, an empty temporary file each) before any check of the app runs;
+  prepare each of them (seconds of work, an empty temporary file each) before any check of the app runs, and one
+  of more than `MAX_JSON_ITEMS` values can make Gradio's validation error (in its answer and its log) megabytes;
 - Gradio's audio-recording route is closed: this app takes no audio, and that route keeps its files where no
   purge reaches them;
 - every response says `X-Content-Type-Options: nosniff` (a served file is never sniffed into HTML or script)
@@ -40,7 +41,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 CLOSED_ROUTES = ("/process_recording",)
-NAMED_ROUTE = re.compile(r"/(?:run|api|call|call/v2)/(?P<name>[^/]+)$")  # Gradio's routes that name an endpoint
+NAMED_ROUTE = re.compile(r"/(?P<route>run|api|call|call/v2)/(?P<name>[^/]+)$")  # Gradio's routes that name an endpoint
+MAX_JSON_ITEMS = 5000  # values in one JSON request: a batch of 100 files is about 800
 
 
 class NonFiniteNumber(ValueError):
@@ -58,17 +60,19 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _file_references(content) -> int:
-    """How many files (objects with a `path`, Gradio's FileData) a JSON request names, at any depth."""
-    count, stack = 0, [content]
+def _count(content) -> tuple[int, int]:
+    """How many values a JSON request holds, and how many files it names (objects with a `path`, Gradio's
+    FileData), at any depth."""
+    items, files, stack = 0, 0, [content]
     while stack:
         item = stack.pop()
+        items += 1
         if isinstance(item, dict):
-            count += "path" in item
+            files += "path" in item
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return count
+    return items, files
 
 
 class BodyLimits:
@@ -140,7 +144,9 @@ class HttpGuard:
             await PlainTextResponse("Not Found", status_code=404)(scope, receive, send_with_headers)
             return
         named = NAMED_ROUTE.search(path) if scope["method"] == "POST" and self.api_names is not None else None
-        if named and named["name"] not in self.api_names():  # Gradio looks the name up first: a 500 and a traceback
+        # Gradio looks the name up before anything else (a 500 and a traceback when it is not there), and /run and
+        # /api serve nothing with the queue on: they answer 404 for every name.
+        if named and (named["route"] in ("run", "api") or named["name"] not in self.api_names()):
             await PlainTextResponse("Unknown endpoint.", status_code=404)(scope, receive, send_with_headers)
             return
         media_type, options = parse_options_header(Headers(scope=scope).get("content-type", ""))
@@ -188,9 +194,12 @@ class HttpGuard:
             return 400, "The request's JSON is nested too deeply."
         except ValueError:
             return None
-        if _file_references(content) > self.max_upload_parts:
+        items, files = _count(content)
+        if files > self.max_upload_parts:
             # Gradio prepares every file a request names before any check of the app runs (seconds for thousands)
             return 413, f"Too many files in one request: {self.max_upload_parts} is the maximum allowed size."
+        if items > MAX_JSON_ITEMS:  # Gradio's validation error lists every bad item, in its answer and its log
+            return 413, f"Too many values in one request: {MAX_JSON_ITEMS} is the maximum allowed size."
         if self.endpoint_ids is not None and path.endswith("/queue/join") and not self._names_an_endpoint(content):
             return 400, "Unknown endpoint (fn_index)."
         return None

@@ -236,9 +236,9 @@ def held_batch_worker(monkeypatch):
     release.set()
 
 
-def join_batch(url: str, film: bytes, session: str) -> httpx.Response:
+def join_batch(url: str, film: bytes, session: str, headers: dict | None = None) -> httpx.Response:
     (stored,) = upload(url, [("batch-film.png", film)]).json()
-    return httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
+    return httpx.post(f"{url}gradio_api/queue/join", timeout=30, headers=headers, json={
         "data": [[{"path": stored, "meta": {"_type": "gradio.FileData"}}]], "fn_index": BrowserProtocol(url).endpoints["predict_batch"],
         "session_hash": session, "event_data": None, "trigger_id": None})
 
@@ -372,15 +372,20 @@ def test_on_a_space_one_client_has_one_batch_waiting_whatever_its_sessions(space
 
     monkeypatch.setattr(app, "predict_files", held)
     monkeypatch.setattr(app, "MAX_WAITING_PER_CLIENT", 3)
+    monkeypatch.setenv("SPACE_ID", "user/pneumonia-xray")  # the client is the proxy's last X-Forwarded-For entry
     film = png_bytes(tmp_path, "owner-film.png", seed=41)
+    client = lambda address: {"x-forwarded-for": f"198.51.100.77, {address}"}  # noqa: E731
+    sessions = ["owner-running", "owner-waiting", "owner-other-client"]
     try:
-        assert join_batch(url, film, "owner-running").status_code == 200 and entered.wait(30)
-        assert join_batch(url, film, "owner-waiting").status_code == 200
-        another_session = join_batch(url, film, "owner-another-session")
+        assert join_batch(url, film, sessions[0], client("203.0.113.1")).status_code == 200 and entered.wait(30)
+        assert join_batch(url, film, sessions[1], client("203.0.113.2")).status_code == 200
+        time.sleep(2.5)  # past the admissions' settle time: the queue's own events are counted now
+        another_session = join_batch(url, film, "owner-another-session", client("203.0.113.2"))
         assert another_session.status_code == 422 and "Your previous batch is still waiting" in another_session.text
+        assert join_batch(url, film, sessions[2], client("203.0.113.3")).status_code == 200  # another client may
     finally:
         release.set()
-    finish(url, ["owner-running", "owner-waiting"])
+    finish(url, sessions)
 
 
 def test_a_client_is_its_address_and_on_a_space_the_proxy_s_last_entry(monkeypatch):
@@ -420,14 +425,13 @@ def test_a_join_for_an_endpoint_the_app_does_not_have_gets_a_400_not_a_traceback
     assert "Traceback" not in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("route", ["call/nope", "call/v2/nope", "run/nope", "api/nope"])
+@pytest.mark.parametrize("route", ["call/nope", "call/v2/nope", "run/nope", "api/nope", "run/predict", "api/predict_batch"])
 def test_a_call_naming_an_endpoint_the_app_does_not_have_gets_a_404_not_a_traceback(url, route, capfd):
     response = httpx.post(f"{url}gradio_api/{route}", json={"data": [None], "fn_index": 99}, timeout=30)
     assert response.status_code == 404 and "Traceback" not in capfd.readouterr().err
 
 
-def test_the_named_routes_of_real_endpoints_answer_as_gradio_does(url):
-    assert httpx.post(f"{url}gradio_api/run/predict", json={"data": [None]}, timeout=30).status_code == 404  # api_open=False
+def test_the_curl_route_of_a_real_endpoint_still_answers(url):
     response = httpx.post(f"{url}gradio_api/call/predict", json={"data": [None]}, timeout=30)
     assert response.status_code == 200 and "event_id" in response.json()  # the curl route of "Use via API"
 
@@ -462,6 +466,23 @@ def test_numbers_gradio_cannot_serialise_are_refused_before_they_reach_it(url, n
     response = httpx.post(f"{url}gradio_api/queue/join", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422 and "finite" in response.text
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_request_of_thousands_of_values_is_refused_before_gradio_lists_each_in_its_error(url, capfd):
+    batch_endpoint = BrowserProtocol(url).endpoints["predict_batch"]
+    response = httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
+        "data": [[1] * 6500], "fn_index": batch_endpoint, "session_hash": "values", "event_data": None, "trigger_id": None})
+    assert response.status_code == 413 and "Too many values" in response.text and len(response.content) < 1000
+    assert len(capfd.readouterr().err) < 10_000
+
+
+def test_the_browser_only_event_cannot_be_queued(url):
+    """The batch tab clears its table in the browser; joining that event's index would queue a function-less job."""
+    dependencies = httpx.get(f"{url}config", timeout=30).json()["dependencies"]
+    (browser_only,) = [d["id"] for d in dependencies if not d.get("backend_fn")]
+    response = httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
+        "data": [], "fn_index": browser_only, "session_hash": "js", "event_data": None, "trigger_id": None})
+    assert response.status_code == 400
 
 
 def test_a_request_naming_thousands_of_files_is_refused_before_gradio_prepares_them(url, tmp_path):
