@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -217,21 +218,25 @@ def test_a_queue_request_of_megabytes_is_refused_before_gradio_reads_it(url):
     assert streamed.status_code == 413
 
 
-@pytest.fixture
-def held_batch_worker(monkeypatch):
-    """The running batch holds the batch worker until the test lets it go."""
-    import threading
-
+def hold(monkeypatch, owner, name: str) -> tuple[threading.Event, threading.Event]:
+    """`owner.name` holds its worker until the test sets `release`; `entered` is set once it runs."""
     entered, release = threading.Event(), threading.Event()
-    original = app.predict_files
+    original = getattr(owner, name)
 
     def held(*args, **kwargs):
         entered.set()
         release.wait(60)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(app, "predict_files", held)
-    entered.release = release.set  # the test lets the running batch go on
+    monkeypatch.setattr(owner, name, held)
+    return entered, release
+
+
+@pytest.fixture
+def held_batch_worker(monkeypatch):
+    """The running batch holds the batch worker until the test lets it go (`.release()`)."""
+    entered, release = hold(monkeypatch, app, "predict_files")
+    entered.release = release.set
     yield entered
     release.set()
 
@@ -319,21 +324,11 @@ def space_url(trained_model):
 
 def test_one_client_cannot_fill_the_queue_and_is_told_why(space_url, tmp_path, monkeypatch):
     """A script sending request after request (any endpoint, a new session each) would fill the queue of 64."""
-    import threading
-
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import ValidationError
 
     url, classifier = space_url
-    entered, release = threading.Event(), threading.Event()
-    original = classifier.predict
-
-    def held(*args, **kwargs):
-        entered.set()
-        release.wait(60)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(classifier, "predict", held)
+    entered, release = hold(monkeypatch, classifier, "predict")
     monkeypatch.setattr(app, "MAX_WAITING_PER_CLIENT", 3)
     film = png_bytes(tmp_path, "client-film.png", seed=37)
     endpoint = BrowserProtocol(url).endpoints["predict"]
@@ -359,18 +354,8 @@ def test_one_client_cannot_fill_the_queue_and_is_told_why(space_url, tmp_path, m
 
 
 def test_on_a_space_one_client_has_one_batch_waiting_whatever_its_sessions(space_url, tmp_path, monkeypatch):
-    import threading
-
     url, _ = space_url
-    entered, release = threading.Event(), threading.Event()
-    original = app.predict_files
-
-    def held(*args, **kwargs):
-        entered.set()
-        release.wait(60)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(app, "predict_files", held)
+    entered, release = hold(monkeypatch, app, "predict_files")
     monkeypatch.setattr(app, "MAX_WAITING_PER_CLIENT", 3)
     monkeypatch.setenv("SPACE_ID", "user/pneumonia-xray")  # the client is the proxy's last X-Forwarded-For entry
     film = png_bytes(tmp_path, "owner-film.png", seed=41)
