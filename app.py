@@ -59,7 +59,7 @@ MAX_FILE_SIZE = "25mb"
 MAX_BATCH_FILES = 100
 BATCH_TIME_BUDGET_S = 60  # one batch holds the batch worker at most about this long
 # Batches waiting behind the running one; more are turned away at once, so batches cannot fill the shared queue
-# (64 events) and single X-rays always find room. One session may have one batch waiting.
+# (64 events) and single X-rays always find room. One page (on a Space, one client) may have one batch waiting.
 MAX_WAITING_BATCHES = 4
 # Requests one client (an address; on a Space, as Hugging Face's proxy saw it) may have waiting: on a Space 16 of
 # the queue's 64, elsewhere no limit (a load test from one machine is many users at one address).
