@@ -241,11 +241,17 @@ def held_batch_worker(monkeypatch):
     release.set()
 
 
-def join_batch(url: str, film: bytes, session: str, headers: dict | None = None) -> httpx.Response:
-    (stored,) = upload(url, [("batch-film.png", film)]).json()
+def join(url: str, film: bytes, session: str, api_name: str, headers: dict | None = None) -> httpx.Response:
+    """Upload `film` and ask the queue to run `api_name` on it (a one-file batch for predict_batch); no waiting."""
+    (stored,) = upload(url, [(f"{api_name}-film.png", film)]).json()
+    reference = {"path": stored, "meta": {"_type": "gradio.FileData"}}
     return httpx.post(f"{url}gradio_api/queue/join", timeout=30, headers=headers, json={
-        "data": [[{"path": stored, "meta": {"_type": "gradio.FileData"}}]], "fn_index": BrowserProtocol(url).endpoints["predict_batch"],
+        "data": [[reference] if api_name == "predict_batch" else reference], "fn_index": BrowserProtocol(url).endpoints[api_name],
         "session_hash": session, "event_data": None, "trigger_id": None})
+
+
+def join_batch(url: str, film: bytes, session: str, headers: dict | None = None) -> httpx.Response:
+    return join(url, film, session, "predict_batch", headers)
 
 
 def finish(url: str, sessions: list[str]) -> None:
@@ -331,20 +337,12 @@ def test_one_client_cannot_fill_the_queue_and_is_told_why(space_url, tmp_path, m
     entered, release = hold(monkeypatch, classifier, "predict")
     monkeypatch.setattr(app, "MAX_WAITING_PER_CLIENT", 3)
     film = png_bytes(tmp_path, "client-film.png", seed=37)
-    endpoint = BrowserProtocol(url).endpoints["predict"]
-
-    def join(session: str) -> httpx.Response:
-        (stored,) = upload(url, [("client-film.png", film)]).json()
-        return httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
-            "data": [{"path": stored, "meta": {"_type": "gradio.FileData"}}], "fn_index": endpoint,
-            "session_hash": session, "event_data": None, "trigger_id": None})
-
     sessions = [f"client-{i}" for i in range(4)]
     try:
-        assert join(sessions[0]).status_code == 200 and entered.wait(30)  # running, not waiting
+        assert join(url, film, sessions[0], "predict").status_code == 200 and entered.wait(30)  # running, not waiting
         for session in sessions[1:]:
-            assert join(session).status_code == 200
-        refused = join("client-one-more")
+            assert join(url, film, session, "predict").status_code == 200
+        refused = join(url, film, "client-one-more", "predict")
         assert refused.status_code == 422 and "You have 3 requests waiting" in refused.text
         with pytest.raises(ValidationError, match="requests waiting"):  # what an API user sees
             Client(url, verbose=False).predict(handle_file(tmp_path / "client-film.png"), api_name="/predict")
