@@ -155,7 +155,10 @@ def test_one_command_runs_the_recipe_from_imagenet_weights_to_student(tiny_image
         (tmp_path / f"{name}.json").write_text(json.dumps(config))
     teacher_configs = [str(tmp_path / "teacher-lite0.json"), str(tmp_path / "teacher-convnext.json")]
     recipe = ["--teacher_config", *teacher_configs, "--student_config", str(tmp_path / "student.json")]
-    assert recipe_main(recipe) == 0
+    # A flag after the recipe's own applies to every stage (a GPU machine's data-loader workers, say).
+    assert recipe_main([*recipe, "--weight_decay", "0.02"]) == 0
+    for stage in ("teacher-lite0", "teacher-convnext", "student"):
+        assert json.loads((tmp_path / stage / "training_args.json").read_text())["training"]["weight_decay"] == 0.02
     assert json.loads((tmp_path / "pretrained" / "efficientnet-lite0" / "conversion.json").read_text())["source_sha256"]
     assert json.loads((tmp_path / "teacher-lite0" / "config.json").read_text())["model_type"] == "efficientnet"
     assert json.loads((tmp_path / "teacher-convnext" / "config.json").read_text())["model_type"] == "convnext"
@@ -168,7 +171,7 @@ def test_one_command_runs_the_recipe_from_imagenet_weights_to_student(tiny_image
     assert "base_model" not in card.split("---")[1] and "huggingface.co/" + str(tmp_path) not in card
     # The card reproduces the whole recipe, without anyone's absolute paths.
     assert summary["command"] == ("python -m train.distill --teacher_config teacher-lite0.json teacher-convnext.json "
-                                  "--student_config student.json")
+                                  "--student_config student.json --weight_decay 0.02")
 
 
 def test_the_recipe_refuses_a_student_config_that_does_not_learn_from_every_teacher(tmp_path, capsys):
@@ -178,6 +181,9 @@ def test_the_recipe_refuses_a_student_config_that_does_not_learn_from_every_teac
     (tmp_path / "student.json").write_text(json.dumps({"teacher_model_name_or_path": [str(tmp_path / "other")]}))
     assert recipe_main(["--teacher_config", str(tmp_path / "teacher.json"), "--student_config", str(tmp_path / "student.json")]) == 1
     assert "does not learn from" in capsys.readouterr().err
+    # Where each stage writes (and starts from) is the configs' to say, never one flag for all of them.
+    assert recipe_main(["--student_config", str(tmp_path / "student.json"), "--output_dir", str(tmp_path / "x")]) == 1
+    assert "--output_dir differ between the stages" in capsys.readouterr().err
 
 
 def test_the_shipped_recipe_configs_teach_the_student_with_every_teacher():

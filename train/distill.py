@@ -20,8 +20,10 @@ The whole recipe, ImageNet weights to bundled student, is one command:
 
 It converts the Lite0 weights if a teacher config asks for a folder that is not there yet, trains each teacher
 (kept if its folder is already complete, unless `--retrain_teacher`), then trains the student taught by all of
-them. Two teachers because the pair transferred to a NORMAL batch never seen in training better than either
-alone (docs/experiments.md).
+them. Any other `python -m train` flag given after these applies to every stage (say `--dataloader_num_workers 12`
+on a GPU machine, or `--data_dir` for another copy of the data). On a CUDA GPU every stage trains in bf16 with TF32
+matmuls (`--auto_mixed_precision`); the same command runs on a CPU. Two teachers because the pair transferred to
+a NORMAL batch never seen in training better than either alone (docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -229,6 +231,9 @@ def describe(paths: Sequence[str] | str | None, temperature: float, weight: floa
     return f"from {', '.join(folders)} (logits averaged); temperature {temperature}, weight {weight}{seen}"
 
 
+STAGE_OWN_FLAGS = {"output_dir", "model_name_or_path", "teacher_model_name_or_path"}
+
+
 @dataclass
 class RecipeArguments:
     teacher_config: list[str] = field(
@@ -257,7 +262,12 @@ def convert_imagenet_weights_if_missing(base: str | None) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     from train.pipeline import main as train_main
 
-    (args,) = HfArgumentParser(RecipeArguments, prog="python -m train.distill").parse_args_into_dataclasses(args=argv)
+    args, stage_flags = HfArgumentParser(RecipeArguments, prog="python -m train.distill").parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True)
+    per_stage = sorted({flag for flag in stage_flags if flag.lstrip("-").split("=")[0] in STAGE_OWN_FLAGS})
+    if per_stage:
+        print(f"error: {', '.join(per_stage)} differ between the stages: set them in the configs.", file=sys.stderr)
+        return 1
     student = json.loads(Path(args.student_config).read_text())
     teachers = {path: json.loads(Path(path).read_text()) for path in args.teacher_config}
     taught_by = {Path(path).as_posix() for path in teacher_paths(student.get("teacher_model_name_or_path"))}
@@ -273,10 +283,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 1
         complete = (Path(teacher["output_dir"]) / "model.safetensors").is_file()
-        if (args.retrain_teacher or not complete) and train_main([path]) != 0:
+        if (args.retrain_teacher or not complete) and train_main([path, *stage_flags]) != 0:
             return 1
-    recipe = shareable_command("train.distill", ["--teacher_config", *args.teacher_config, "--student_config", args.student_config])
-    code = train_main([args.student_config], command=recipe)  # the student's card reproduces the whole recipe
+    recipe = shareable_command("train.distill", ["--teacher_config", *args.teacher_config, "--student_config",
+                                                 args.student_config, *stage_flags])
+    code = train_main([args.student_config, *stage_flags], command=recipe)  # the student's card reproduces the whole recipe
     minutes = (time.perf_counter() - started) / 60
     outputs = ", ".join(teacher["output_dir"] for teacher in teachers.values())
     print(f"Recipe finished in {minutes:.1f} minutes: teachers {outputs}, student {student['output_dir']}.")
