@@ -49,6 +49,18 @@ def test_carved_validation_is_grouped_stratified_and_seeded(tmp_path):
     assert sides(other_train, other_validation) != (train_names, validation_names)
 
 
+def test_a_split_seed_keeps_the_split_while_the_training_seed_changes(tmp_path):
+    from train.arguments import DataArguments
+    from train.data import prepare_splits
+
+    root = write_image_folder(tmp_path / "data", {"train": 20}, images_per_patient=2)
+    raw = load_raw_dataset(None, str(root))
+    split = lambda seed, **kw: sides(*(prepare_splits(raw, DataArguments(data_dir=str(root), **kw), seed).splits[name]
+                                       for name in ("train", "validation")))
+    assert split(1, split_seed=5) == split(2, split_seed=5)  # another start, the same films on each side
+    assert split(1) != split(2)  # without it, the training seed carves the split
+
+
 def test_byte_identical_copies_of_different_patients_stay_together(tmp_path):
     root = write_image_folder(tmp_path / "data", {"train": 12}, images_per_patient=1)
     folder = root / "train" / "PNEUMONIA"

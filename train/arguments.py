@@ -55,6 +55,11 @@ class DataArguments:
         default=None,
         metadata={"help": "Share of PNEUMONIA images held out with the batch; default: the held-out share of NORMAL images."},
     )
+    split_seed: Optional[int] = field(
+        default=None,
+        metadata={"help": "Seed of the validation carve and the batch hold-out; default: --seed. Fixing it while --seed "
+                  "changes trains on the same split from another start, which measures how much a recipe varies by chance."},
+    )
     ood_dir: Optional[str] = field(
         default=None,
         metadata={"help": "Development images that are not frontal paediatric chest films (DIR/ood/<kind>/, DIR/adult_nih/): "

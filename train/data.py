@@ -211,6 +211,7 @@ def carve_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Data
 
 def prepare_splits(raw: DatasetDict, data_args, seed: int) -> PreparedData:
     """train / validation (carved by patient unless given) / test (if present), unreadable files removed."""
+    seed = seed if data_args.split_seed is None else data_args.split_seed
     if data_args.train_split_name not in raw:
         raise ValueError(f"No `{data_args.train_split_name}` split; found {list(raw)}.")
     skipped: dict[str, list[str]] = {}
