@@ -149,6 +149,25 @@ def test_training_accepts_one_json_file(tiny_image_folder, tmp_path):
     assert training_args.metric_for_best_model == "roc_auc" and training_args.load_best_model_at_end
 
 
+def test_retraining_into_a_folder_drops_what_the_previous_model_left(trained_model, tiny_image_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained_model, folder)
+    (folder / "operating_points.json").write_text(json.dumps({"made_on": "another model's sibling"}))
+    holdout = json.loads((folder / "metrics_validation.json").read_text()) | {"split": "batch_holdout"}
+    (folder / "metrics_batch_holdout.json").write_text(json.dumps(holdout))  # as a hold-out run would have left
+    stale = {"operating_points.json", "metrics_batch_holdout.json", "ood_reference.safetensors", "robustness_validation.json",
+             "onnx/model.onnx"}
+    assert all((folder / name).exists() for name in stale)
+    # Without checks or a hold-out this run rewrites none of them; no earlier model's result may stay in its folder.
+    assert train_main(tiny_training_args(tiny_image_folder, folder, "--post_training_checks", "false")) == 0
+    assert not [name for name in stale if (folder / name).exists()]
+    card = (folder / "README.md").read_text()
+    assert "python -m train.policies" not in card and "batch_holdout" not in card
+    assert json.loads((folder / "metrics_validation.json").read_text())["split"] == "validation"
+
+
 def test_both_data_sources_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(ValueError, match="exactly one of --dataset_name"):
         from train.pipeline import parse_arguments

@@ -21,13 +21,14 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from chestxray.classifier import PneumoniaClassifier
 from chestxray.imaging import to_model_input
+from chestxray.ood import GATE_CONFIG_FILE, GATE_FILE, REFERENCE_FILE
 from chestxray.runtime import ONNX_FILE
 from train.arguments import DataArguments, ModelArguments, XRayTrainingArguments, argument_parser
 from train.augment import XRayAugmentation
 from train.averaging import WeightAverageCallback
 from train.calibrate import folded_logits, select_operating_point
 from train.calibration import positive_probabilities
-from train.card import SUMMARY_FILE, render_card, shareable_command
+from train.card import POLICIES_FILE, SUMMARY_FILE, render_card, shareable_command
 from train.distill import Teachers, build_trainer, load_teachers, teacher_paths, teacher_pixel_values
 from train.distill import describe as describe_distillation
 from train.data import (BATCH_HOLDOUT_SPLIT, LABEL_NAMES, PreparedData, batch_holdout_description, batch_holdout_summary,
@@ -38,7 +39,8 @@ from train.modeling import architecture_name, build_model
 from train.ood import dataset_features, gate_summary, write_gate_for_splits, write_reference
 from train.push import PushError, hub_token, push_model_folder
 from train.report import dataset_logits, evaluate_split, load_metric
-from train.shifts import shift_report, write_shift_report
+from train.gate import SPLITS_FILE as GATE_SPLITS_FILE
+from train.shifts import ROBUSTNESS_FILE, shift_report, write_shift_report
 
 logger = logging.getLogger("train")
 
@@ -300,7 +302,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     trainer.save_model(str(output_dir))
     (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; training_args.json replaces it
     built.processor.save_pretrained(str(output_dir))
-    (output_dir / ONNX_FILE).unlink(missing_ok=True)  # a previous run's export would not match these weights
+    clear_previous_results(output_dir)
     checks = model_args.post_training_checks
     if model_args.export_onnx and checks:
         logger.info("ONNX export: %s", export_onnx(classifier, output_dir))
@@ -340,6 +342,18 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     if push_repo:
         logger.info("Pushed to %s", push_model_folder(output_dir, push_repo, bool(training_args.hub_private_repo)))
     return reports
+
+
+PREVIOUS_RESULTS = (ONNX_FILE, REFERENCE_FILE, "ood_reference.json", GATE_FILE, GATE_CONFIG_FILE, GATE_SPLITS_FILE,
+                    ROBUSTNESS_FILE, POLICIES_FILE, "metrics_*.json", "*_confusion_matrix.png", "*_reliability.png", "*_roc.png")
+
+
+def clear_previous_results(output_dir: Path) -> None:
+    """Removes what an earlier model in this folder left (its export, gate, shift report, policy table, metrics):
+    a run that does not rewrite one of them (no gate data, no checks, no test split) must not serve or card it."""
+    for pattern in PREVIOUS_RESULTS:
+        for path in output_dir.glob(pattern):
+            path.unlink()
 
 
 def main(argv: list[str] | None = None, command: str | None = None) -> int:
