@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args, stage_flags = HfArgumentParser(RecipeArguments, prog="python -m train.distill").parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True)
-    per_stage = sorted({flag for flag in stage_flags if flag.lstrip("-").split("=")[0] in STAGE_OWN_FLAGS})
+    per_stage = sorted({name for name in (flag.split("=")[0] for flag in stage_flags if flag.startswith("--"))
+                        if name[2:] in STAGE_OWN_FLAGS})
     if per_stage:
         print(f"error: {', '.join(per_stage)} differ between the stages: set them in the configs.", file=sys.stderr)
         return 1
