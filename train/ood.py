@@ -30,6 +30,7 @@ from train.card import SUMMARY_FILE, render_card
 from train.gate import GateArguments, write_gate
 from train.report import dataset_logits
 
+REFERENCE_STATS_FILE = "ood_reference.json"  # how the reference was fitted, for the card
 # Set above every real radiograph: the check must stay silent on genuine X-rays.
 THRESHOLD_QUANTILE = 0.999
 THRESHOLD_MARGIN = 1.5
@@ -62,7 +63,7 @@ def write_reference(classifier: PneumoniaClassifier, train_features: torch.Tenso
     reference, stats = fit_reference(train_features, held_out_features)
     reference.save(model_dir)
     classifier.ood_reference = reference
-    (model_dir / "ood_reference.json").write_text(json.dumps(stats, indent=2) + "\n")
+    (model_dir / REFERENCE_STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
     return stats
 
 

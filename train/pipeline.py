@@ -36,7 +36,7 @@ from train.data import (BATCH_HOLDOUT_SPLIT, LABEL_NAMES, PreparedData, batch_ho
 from train.export_onnx import export_onnx
 from train.figures import training_curves
 from train.modeling import architecture_name, build_model
-from train.ood import dataset_features, gate_summary, write_gate_for_splits, write_reference
+from train.ood import REFERENCE_STATS_FILE, dataset_features, gate_summary, write_gate_for_splits, write_reference
 from train.push import PushError, hub_token, push_model_folder
 from train.report import dataset_logits, evaluate_split, load_metric
 from train.gate import SPLITS_FILE as GATE_SPLITS_FILE
@@ -344,7 +344,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     return reports
 
 
-PREVIOUS_RESULTS = (ONNX_FILE, REFERENCE_FILE, "ood_reference.json", GATE_FILE, GATE_CONFIG_FILE, GATE_SPLITS_FILE,
+PREVIOUS_RESULTS = (ONNX_FILE, REFERENCE_FILE, REFERENCE_STATS_FILE, GATE_FILE, GATE_CONFIG_FILE, GATE_SPLITS_FILE,
                     ROBUSTNESS_FILE, POLICIES_FILE, "metrics_*.json", "*_confusion_matrix.png", "*_reliability.png", "*_roc.png")
 
 
