@@ -10,11 +10,13 @@ under a lock, and counts what it admitted in the last `settle_s` until Gradio ha
   the queue should hold).
 - `ClientAdmission`: one client (an address) may have at most so many requests of any kind waiting. On a Space,
   requests come through Hugging Face's proxy, so the address is the last entry of X-Forwarded-For, the one the
-  proxy appended (entries before it are whatever the client sent); elsewhere it is the peer's address.
+  proxy appended (entries before it are whatever the client sent); elsewhere it is the peer's address. An IPv6
+  subscriber is handed a whole /64 and can send from any address in it, so IPv6 addresses count by their /64.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import threading
 import time
@@ -22,15 +24,26 @@ from typing import Callable, Iterable
 
 
 def client_address(request) -> str:
-    """The address a request came from (a Starlette or Gradio request)."""
+    """The client a request came from (a Starlette or Gradio request): its IPv4 address, or its IPv6 /64."""
     if request is None:
         return "unknown"
     if os.environ.get("SPACE_ID"):
         forwarded = request.headers.get("x-forwarded-for", "")
         if forwarded.strip():
-            return forwarded.split(",")[-1].strip()
+            return subscriber(forwarded.split(",")[-1].strip())
     client = getattr(request, "client", None)
-    return getattr(client, "host", None) or "unknown"
+    return subscriber(getattr(client, "host", None) or "unknown")
+
+
+def subscriber(address: str) -> str:
+    """One client's key: an IPv4 address (also written IPv4-mapped), an IPv6 address's /64, anything else as given."""
+    try:
+        parsed = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return address
+    if parsed.version == 6 and parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{parsed}/64", strict=False)) if parsed.version == 6 else str(parsed)
 
 
 def waiting_events(demo) -> Iterable:

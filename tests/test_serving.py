@@ -379,6 +379,11 @@ def test_a_client_is_its_address_and_on_a_space_the_proxy_s_last_entry(monkeypat
     assert client_address(request) == "10.0.0.2"
     monkeypatch.setenv("SPACE_ID", "user/pneumonia-xray")
     assert client_address(request) == "203.0.113.9"  # what the client wrote itself (6.6.6.6) is not trusted
+    # One IPv6 subscriber holds a /64: each of its addresses is the same client, a neighbouring /64 is another.
+    ipv6 = lambda address: client_address(SimpleNamespace(headers={"x-forwarded-for": address}, client=None))
+    assert ipv6("2001:db8:1:2::1") == ipv6("2001:db8:1:2:ffff:eeee:dddd:cccc") == "2001:db8:1:2::/64"
+    assert ipv6("2001:db8:1:3::1") != ipv6("2001:db8:1:2::1")
+    assert ipv6("::ffff:203.0.113.9") == "203.0.113.9" and ipv6("not an address") == "not an address"
 
 
 def test_a_burst_from_one_client_is_counted_before_it_is_queued():
