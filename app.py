@@ -527,7 +527,7 @@ def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
         run_history=False,
         enable_monitoring=False,
         app_kwargs={"middleware": [Middleware(HttpGuard, max_upload_parts=MAX_BATCH_FILES, on_uploaded=demo.uploads.register,
-                                              endpoint_ids=lambda: {i for i, fn in demo.fns.items() if fn.fn is not None},
+                                              endpoint_inputs=lambda: {i: fn.inputs for i, fn in demo.fns.items() if fn.fn is not None},
                                               api_names=lambda: {fn.api_name for fn in demo.fns.values() if fn.api_name},
                                               free_disk_bytes=lambda: shutil.disk_usage(UPLOAD_DIR).free)]},
         prevent_thread_lock=True,

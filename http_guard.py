@@ -13,8 +13,10 @@ An ASGI middleware, so it sees every request before Gradio does:
 - a request naming an endpoint the app does not have (`api_names`; `/call/NAME`), and any to `/run/NAME` and
   `/api/NAME` (with the queue on they serve nothing), get a 404, not Gradio's 500 and traceback;
 - a JSON request is read here first, as FastAPI will read it, and refused when Gradio would choke on it: a queue
-  join for an endpoint the app does not have (`endpoint_ids`), or numbers that are not finite (NaN, 1e400), get
-  Gradio's 500 and tracebacks in the log; a request naming more than `max_upload_parts` files makes Gradio
+  join for an endpoint the app does not have (`endpoint_inputs`), or numbers that are not finite (NaN, 1e400), get
+  Gradio's 500 and tracebacks in the log; so does a join whose values are fewer than the endpoint's inputs or not
+  what an input's own data model takes (a bare path or number where a file reference belongs: the client got no
+  message, the log a traceback); a request naming more than `max_upload_parts` files makes Gradio
   prepare each of them (seconds of work, an empty temporary file each) before any check of the app runs, and one
   of more than `MAX_JSON_ITEMS` values can make Gradio's validation error (in its answer and its log) megabytes;
 - Gradio's audio-recording route is closed: this app takes no audio, and that route keeps its files where no
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Callable, Collection
+from typing import Callable, Collection, Mapping, Sequence
 
 from gradio.data_classes import PredictBody
 from gradio.route_utils import MultiPartException
@@ -111,7 +113,7 @@ class BodyLimits:
 class HttpGuard:
     def __init__(self, app: ASGIApp, max_upload_parts: int = 100, max_upload_bytes: int = 256 * 2**20,
                  max_request_bytes: int = 2**20, on_uploaded: Callable[[list[str]], None] | None = None,
-                 endpoint_ids: Callable[[], Collection[int]] | None = None,
+                 endpoint_inputs: Callable[[], Mapping[int, Sequence]] | None = None,
                  api_names: Callable[[], Collection[str]] | None = None,
                  free_disk_bytes: Callable[[], int] | None = None, min_free_disk_bytes: int = 2**30) -> None:
         self.app = app
@@ -119,7 +121,7 @@ class HttpGuard:
         self.max_upload_parts, self.max_upload_bytes = max_upload_parts, max_upload_bytes
         self.max_request_bytes = max_request_bytes
         self.on_uploaded = on_uploaded
-        self.endpoint_ids, self.api_names = endpoint_ids, api_names
+        self.endpoint_inputs, self.api_names = endpoint_inputs, api_names
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -200,18 +202,35 @@ class HttpGuard:
             return 413, f"Too many files in one request: {self.max_upload_parts} is the maximum allowed size."
         if items > MAX_JSON_ITEMS:  # Gradio's validation error lists every bad item, in its answer and its log
             return 413, f"Too many values in one request: {MAX_JSON_ITEMS} is the maximum allowed size."
-        if self.endpoint_ids is not None and path.endswith("/queue/join") and not self._names_an_endpoint(content):
-            return 400, "Unknown endpoint (fn_index)."
+        if self.endpoint_inputs is not None and path.endswith("/queue/join"):
+            return self._join_problem(content)
         return None
 
-    def _names_an_endpoint(self, content) -> bool:
-        """False only for a join whose fn_index, read as Gradio reads it (its own model: "7", 7.0 and true are all
-        integers there), is one the app has no endpoint for; a join the model refuses is left to its 422."""
+    def _join_problem(self, content) -> tuple[int, str] | None:
+        """A join read as Gradio reads it (its own model: "7", 7.0 and true are all integers there): refused when
+        its fn_index names no endpoint of the app, or its values could not reach the endpoint's function; a join
+        the model refuses is left to its 422, and values beyond the inputs are ignored, as Gradio ignores them."""
         try:
-            fn_index = PredictBody.model_validate(content).fn_index
+            join = PredictBody.model_validate(content)
         except ValueError:
-            return True
-        return fn_index is None or fn_index in self.endpoint_ids()
+            return None
+        if join.fn_index is None:
+            return None
+        inputs = self.endpoint_inputs().get(join.fn_index)
+        if inputs is None:
+            return 400, "Unknown endpoint (fn_index)."
+        if len(join.data) < len(inputs):
+            return 422, f"This endpoint takes {len(inputs)} value(s); the request sent {len(join.data)}."
+        for position, (component, value) in enumerate(zip(inputs, join.data), start=1):
+            data_model = getattr(component, "data_model", None)
+            if value is None or data_model is None:
+                continue
+            try:
+                data_model.model_validate(value, context={"validate_meta": True})  # as Gradio validates it
+            except ValueError:
+                return 422, (f"Value {position} is not what this endpoint takes: upload the file first and send the "
+                             "reference the upload returns (gradio_client's handle_file does both).")
+        return None
 
     @staticmethod
     async def _read_body(receive: Receive) -> bytes:

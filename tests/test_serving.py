@@ -413,6 +413,23 @@ def test_a_join_for_an_endpoint_the_app_does_not_have_gets_a_400_not_a_traceback
     assert "Traceback" not in capfd.readouterr().err
 
 
+@pytest.mark.parametrize("api_name, data", [
+    ("predict", ["/etc/passwd"]),  # a bare path, not a reference to an upload
+    ("predict", [123]),
+    ("predict", [{"path": "x.png"}]),  # no FileData marker
+    ("predict", []),  # fewer values than inputs
+    ("predict_batch", ["not a list of files"]),
+])
+def test_a_join_whose_values_cannot_reach_the_function_gets_a_readable_422_not_a_traceback(url, api_name, data, capfd):
+    config = httpx.get(f"{url}config", timeout=30).json()
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
+    response = httpx.post(f"{url}gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": "bad"},
+                          timeout=30)
+    assert response.status_code == 422
+    assert "upload the file first" in response.text or "takes 1 value(s); the request sent 0" in response.text
+    assert "Traceback" not in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("route", ["call/nope", "call/v2/nope", "run/nope", "api/nope", "run/predict", "api/predict_batch"])
 def test_a_call_naming_an_endpoint_the_app_does_not_have_gets_a_404_not_a_traceback(url, route, capfd):
     response = httpx.post(f"{url}gradio_api/{route}", json={"data": [None], "fn_index": 99}, timeout=30)
