@@ -108,3 +108,35 @@ def test_policies_compare_thresholds_chosen_on_validation_only():
 def test_policies_need_a_batch_holdout(trained_model, tiny_image_folder, capsys):
     assert policies_main(["--model_dir", str(trained_model), "--data_dir", str(tiny_image_folder)]) == 1
     assert "train the model with --holdout_normal_batch first" in capsys.readouterr().err
+
+
+def test_several_draws_keep_the_best_on_validation_and_report_each_on_the_held_out_batch(tiny_image_folder, tmp_path):
+    from train.pipeline import DRAWS_DIR, main as train_main
+
+    output_dir = tmp_path / "three-draws"
+    args = tiny_training_args(tiny_image_folder, output_dir, "--holdout_normal_batch", "NORMAL2", "--draws", "3",
+                              "--export_onnx", "false", "--num_train_epochs", "2")
+    assert train_main(args) == 0
+    summary = json.loads((output_dir / "training_summary.json").read_text())
+    draws = summary["draws"]
+    assert [draw["seed"] for draw in draws] == [1, 2, 3]  # --seed 1, then 2 and 3, on one split
+    scores = [draw["validation_roc_auc"] for draw in draws]
+    kept = draws[scores.index(max(scores))]  # the first of equals
+    assert summary["hyperparameters"]["seed"] == kept["seed"]
+    validation = json.loads((output_dir / "metrics_validation.json").read_text())["metrics"]
+    assert validation["roc_auc"] == pytest.approx(kept["validation_roc_auc"], abs=1e-3)  # the folder holds the kept draw
+    holdout = json.loads((output_dir / "metrics_batch_holdout.json").read_text())["metrics"]
+    assert (kept["batch_holdout_specificity"], kept["batch_holdout_sensitivity"]) == pytest.approx(
+        (holdout["specificity"], holdout["sensitivity"]), abs=1e-4)
+    assert all({"batch_holdout_roc_auc", "minutes"} <= set(draw) for draw in draws)
+    assert summary["training_minutes"] == pytest.approx(sum(draw["minutes"] for draw in draws), abs=0.2)
+    assert not (output_dir / DRAWS_DIR).exists()  # the draws' checkpoints go once one is kept
+    card = (output_dir / "README.md").read_text()
+    assert "Best of 3 draws" in card and f"| {kept['seed']} | {kept['validation_roc_auc']} |" in card
+
+
+def test_draws_must_be_at_least_one(tiny_image_folder, tmp_path, capsys):
+    from train.pipeline import main as train_main
+
+    assert train_main(tiny_training_args(tiny_image_folder, tmp_path / "o", "--draws", "0")) == 1
+    assert "--draws must be 1 or more" in capsys.readouterr().err

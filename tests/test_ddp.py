@@ -21,14 +21,15 @@ from conftest import free_port, tiny_training_args
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 
 
-@pytest.mark.parametrize("launcher, processes", [(["--multi_gpu", "--num_processes", "2"], 2),
-                                                 (["--num_processes", "2", "--cpu"], None)])
-def test_accelerate_launch_trains_and_only_the_main_process_writes_the_folder(tiny_image_folder, tmp_path, launcher, processes):
+@pytest.mark.parametrize("launcher, processes, draws", [(["--multi_gpu", "--num_processes", "2"], 2, 2),
+                                                        (["--num_processes", "2", "--cpu"], None, 1)])
+def test_accelerate_launch_trains_and_only_the_main_process_writes_the_folder(tiny_image_folder, tmp_path, launcher, processes,
+                                                                               draws):
     output_dir = tmp_path / "ddp-model"
     command = [str(ACCELERATE), "launch", *launcher, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()), "-m", "train",
                *tiny_training_args(tiny_image_folder, output_dir, "--num_train_epochs", "2", "--per_device_train_batch_size", "4",
-                                   "--export_onnx", "false")]
+                                   "--export_onnx", "false", "--draws", str(draws))]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment, cwd=Path(__file__).parents[1])
     log = result.stdout + result.stderr
@@ -38,5 +39,6 @@ def test_accelerate_launch_trains_and_only_the_main_process_writes_the_folder(ti
     assert log.count("Model folder written to") == 1
     summary = json.loads((output_dir / "training_summary.json").read_text())
     assert summary["hyperparameters"]["batch size"] == 4 * started  # per device x processes
+    assert len(summary.get("draws") or [None]) == draws and not (output_dir / "draws").exists()
     for name in ("config.json", "model.safetensors", "metrics_validation.json", "robustness_validation.json", "README.md"):
         assert (output_dir / name).is_file(), name

@@ -219,6 +219,12 @@ class XRayTrainingArguments(TrainingArguments):
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
+    draws: int = field(
+        default=1,
+        metadata={"help": "Train this many times, from --seed, --seed + 1, ... on the same split, and keep the draw with "
+                  "the best validation --metric_for_best_model: one run is one draw, and on a new batch of films two draws "
+                  "of one recipe differed by 0.04 of specificity (docs/experiments.md). Costs that many trainings."},
+    )
     auto_mixed_precision: bool = field(
         default=True,
         metadata={"help": "On a CUDA GPU with bfloat16, train in bf16 autocast with TF32 matmuls; on a CPU nothing changes, "
@@ -233,6 +239,11 @@ class XRayTrainingArguments(TrainingArguments):
                 self.bf16 = True
                 self.tf32 = True if self.tf32 is None else self.tf32
         super().__post_init__()
+        if self.draws < 1:
+            raise ValueError("--draws must be 1 or more.")
+        if self.draws > 1 and not self.load_best_model_at_end:
+            raise ValueError("--draws above 1 keeps the draw with the best validation metric: it needs evaluation "
+                             "and --load_best_model_at_end true.")
 
 
 def argument_parser() -> HfArgumentParser:

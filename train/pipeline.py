@@ -7,8 +7,10 @@ import json
 import logging
 import platform
 import random
+import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from PIL import Image
-from transformers import EarlyStoppingCallback, set_seed
+from transformers import EarlyStoppingCallback, Trainer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from chestxray.classifier import PneumoniaClassifier
@@ -27,7 +29,7 @@ from train.arguments import DataArguments, ModelArguments, XRayTrainingArguments
 from train.augment import XRayAugmentation
 from train.averaging import WeightAverageCallback
 from train.calibrate import folded_logits, select_operating_point
-from train.calibration import positive_probabilities
+from train.calibration import choose_threshold, fit_calibration, positive_probabilities
 from train.card import POLICIES_FILE, SUMMARY_FILE, render_card, shareable_command
 from train.distill import Teachers, build_trainer, load_teachers, teacher_paths, teacher_pixel_values
 from train.distill import describe as describe_distillation
@@ -35,7 +37,7 @@ from train.data import (BATCH_HOLDOUT_SPLIT, LABEL_NAMES, PreparedData, batch_ho
                         load_image, load_raw_dataset, prepare_splits, write_split_lists)
 from train.export_onnx import export_onnx
 from train.figures import training_curves
-from train.modeling import architecture_name, build_model
+from train.modeling import BuiltModel, architecture_name, build_model
 from train.ood import REFERENCE_STATS_FILE, dataset_features, gate_summary, write_gate_for_splits, write_reference
 from train.push import PushError, hub_token, push_model_folder
 from train.report import dataset_logits, evaluate_split, load_metric
@@ -231,32 +233,32 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
     (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=2, default=str) + "\n")
 
 
-def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRayTrainingArguments,
-        extra_callbacks: tuple = (), command: str | None = None) -> dict:
-    """The whole job; `extra_callbacks` are passed to the Trainer (logging, alerts, fault injection in tests);
-    `command`, the card's "reproduce with", defaults to this process's own command line."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True)
-    transformers.utils.logging.set_verbosity_warning()
-    output_dir = Path(training_args.output_dir)
-    push_repo = None
-    if training_args.push_to_hub:
-        push_repo = training_args.hub_model_id or f"{output_dir.name}"
-        if "/" not in push_repo:
-            raise PushError("--push_to_hub needs --hub_model_id user/name.")
-        hub_token()  # fail now, not after hours of training
-        training_args.push_to_hub = False  # one push, of the finished folder, by train.push
-    set_seed(training_args.seed)
-    teacher_folders = teacher_paths(model_args.teacher_model_name_or_path)
-    # Fail before the data are read; ONNX copies of the teachers only where they will run (on the CPU).
-    teachers = load_teachers(teacher_folders, onnx=training_args.device.type == "cpu") if teacher_folders else None
+DRAWS_DIR = "draws"  # each draw's checkpoints while several train; removed once one is kept
 
-    prepared = prepare_splits(load_raw_dataset(data_args.dataset_name, data_args.data_dir, data_args.dataset_revision),
-                              data_args, training_args.seed)
-    for split, ds in prepared.splits.items():
-        logger.info("%s: %d images (%s)", split, len(ds), dict(zip(LABEL_NAMES, np.bincount(ds["label"], minlength=2).tolist())))
-    if prepared.skipped_count:
-        logger.warning("Skipped %d unreadable images: %s", prepared.skipped_count, prepared.skipped_files)
 
+@dataclass
+class Draw:
+    """One training of the recipe from one seed."""
+
+    seed: int
+    trainer: Trainer
+    built: BuiltModel
+    minutes: float
+    record: dict
+
+
+def draw_seeds(training_args) -> list[int]:
+    """--seed, --seed + 1, ...: one per draw."""
+    return [training_args.seed + k for k in range(training_args.draws)]
+
+
+def train_draw(seed: int, model_args: ModelArguments, data_args: DataArguments, training_args: XRayTrainingArguments,
+               prepared: PreparedData, teachers: Teachers | None, extra_callbacks: tuple) -> Draw:
+    """Builds the model from `seed` and trains it; with several draws, each checkpoints into its own folder."""
+    if training_args.draws > 1:
+        training_args = dataclasses.replace(training_args, seed=seed,
+                                            output_dir=str(Path(training_args.output_dir) / DRAWS_DIR / f"seed-{seed}"))
+    set_seed(seed)
     built = build_model(model_args)
     image_size = built.processor.size["height"]
     augmentation = XRayAugmentation.from_data_arguments(data_args)
@@ -288,6 +290,79 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
     minutes = (time.perf_counter() - started) / 60
+    score = trainer.state.best_metric
+    record = {"seed": seed, f"validation_{training_args.metric_for_best_model}": None if score is None else round(score, 4),
+              "minutes": round(minutes, 1)}
+    return Draw(seed, trainer, built, minutes, record)
+
+
+def better_draw(best: Draw | None, draw: Draw, greater_is_better: bool) -> Draw:
+    """The draw with the better validation metric (the one each kept its checkpoint by); the earlier on a tie."""
+    if best is None:
+        return draw
+    new, old = draw.trainer.state.best_metric, best.trainer.state.best_metric
+    if new is None or (old is not None and (new <= old if greater_is_better else new >= old)):
+        return best
+    return draw
+
+
+def batch_holdout_record(draw: Draw, prepared: PreparedData, model_args: ModelArguments) -> dict:
+    """A draw's figures on the held-out NORMAL batch at its own calibrated operating point, shown beside each draw
+    so that a reader can see whether validation kept a good one; never used to choose."""
+    if BATCH_HOLDOUT_SPLIT not in prepared.splits:
+        return {}
+    classifier = PneumoniaClassifier(draw.trainer.model.to("cpu"), draw.built.processor)
+    validation, holdout = prepared.splits["validation"], prepared.splits[BATCH_HOLDOUT_SPLIT]
+    labels = np.asarray(validation["label"])
+    logits = dataset_logits(classifier, validation)
+    temperature, bias = fit_calibration(logits, labels)
+    threshold, _, _ = choose_threshold(labels, positive_probabilities(logits, temperature, bias, classifier.positive_index),
+                                       model_args.threshold_strategy, model_args.min_sensitivity, model_args.fixed_threshold)
+    scores = positive_probabilities(dataset_logits(classifier, holdout), temperature, bias, classifier.positive_index)
+    metrics = load_metric().compute(references=np.asarray(holdout["label"]), prediction_scores=scores, threshold=threshold)
+    return {f"batch_holdout_{name}": round(float(metrics[name]), 4) for name in ("roc_auc", "sensitivity", "specificity")}
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRayTrainingArguments,
+        extra_callbacks: tuple = (), command: str | None = None) -> dict:
+    """The whole job; `extra_callbacks` are passed to the Trainer (logging, alerts, fault injection in tests);
+    `command`, the card's "reproduce with", defaults to this process's own command line."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True)
+    transformers.utils.logging.set_verbosity_warning()
+    output_dir = Path(training_args.output_dir)
+    push_repo = None
+    if training_args.push_to_hub:
+        push_repo = training_args.hub_model_id or f"{output_dir.name}"
+        if "/" not in push_repo:
+            raise PushError("--push_to_hub needs --hub_model_id user/name.")
+        hub_token()  # fail now, not after hours of training
+        training_args.push_to_hub = False  # one push, of the finished folder, by train.push
+    set_seed(training_args.seed)
+    teacher_folders = teacher_paths(model_args.teacher_model_name_or_path)
+    # Fail before the data are read; ONNX copies of the teachers only where they will run (on the CPU).
+    teachers = load_teachers(teacher_folders, onnx=training_args.device.type == "cpu") if teacher_folders else None
+
+    prepared = prepare_splits(load_raw_dataset(data_args.dataset_name, data_args.data_dir, data_args.dataset_revision),
+                              data_args, training_args.seed)
+    for split, ds in prepared.splits.items():
+        logger.info("%s: %d images (%s)", split, len(ds), dict(zip(LABEL_NAMES, np.bincount(ds["label"], minlength=2).tolist())))
+    if prepared.skipped_count:
+        logger.warning("Skipped %d unreadable images: %s", prepared.skipped_count, prepared.skipped_files)
+
+    best, records, minutes = None, [], 0.0
+    for seed in draw_seeds(training_args):
+        draw = train_draw(seed, model_args, data_args, training_args, prepared, teachers, extra_callbacks)
+        minutes += draw.minutes
+        if training_args.draws > 1 and draw.trainer.is_world_process_zero():
+            draw.record.update(batch_holdout_record(draw, prepared, model_args))
+            logger.info("Draw %d of %d: %s", len(records) + 1, training_args.draws, draw.record)
+        records.append(draw.record)
+        best = better_draw(best, draw, training_args.greater_is_better)
+    trainer, built = best.trainer, best.built
+    if len(records) > 1:
+        training_args.seed = best.seed  # the card's seed is the kept draw's; its command keeps --seed and --draws
+        if trainer.is_world_process_zero():
+            shutil.rmtree(output_dir / DRAWS_DIR, ignore_errors=True)
     if not trainer.is_world_process_zero():  # DDP: the other processes' work ends with training; one writes the folder
         return {}
 
@@ -325,7 +400,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     if "test" in prepared.splits:
         reports["test"] = evaluate_split(classifier, prepared.splits["test"], "test",
                                          split_description("test", data_args, prepared.grouped_by_patient), output_dir)
-    extra = {}
+    extra = {"draws": records} if len(records) > 1 else {}
     if BATCH_HOLDOUT_SPLIT in prepared.splits:  # specificity on a NORMAL batch never trained on, at the stored threshold
         batch = data_args.holdout_normal_batch
         reports[BATCH_HOLDOUT_SPLIT] = evaluate_split(classifier, prepared.splits[BATCH_HOLDOUT_SPLIT], BATCH_HOLDOUT_SPLIT,
