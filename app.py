@@ -37,12 +37,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
+from starlette.requests import Request  # noqa: E402
 
 from chestxray import ImageReadError, ModelLoadError, PneumoniaClassifier  # noqa: E402
 from chestxray.batch import expand_paths, predict_files, write_csv  # noqa: E402
 from chestxray.explain import COLORMAP_ANCHORS, EVIDENCE_FLOOR, display_image, evidence, grad_cam, overlay  # noqa: E402
 from admission import BatchAdmission, ClientAdmission, client_address, waiting_events  # noqa: E402
-from http_guard import HttpGuard  # noqa: E402
+from http_guard import HttpGuard, UploadQuota  # noqa: E402
 
 logger = logging.getLogger("app")
 
@@ -68,6 +69,9 @@ FILE_LIFETIME_S = 45  # outputs (heatmaps, CSVs) are fetched within seconds; the
 PURGE_EVERY_S = 10
 # An upload still waiting for its answer (queued behind a long batch, or a batch still reading) is kept this long.
 WAITING_UPLOAD_LIFETIME_S = 600
+# MB one client may upload in that time: on a Space 1024 (so that no one client can bring the disk down to its
+# reserve, which refuses every upload), elsewhere no limit, as for MAX_WAITING_PER_CLIENT.
+MAX_UPLOAD_MB_PER_CLIENT = int(os.environ.get("MAX_UPLOAD_MB_PER_CLIENT", "1024" if os.environ.get("SPACE_ID") else "0"))
 IMAGE_HEIGHT = 420  # px on the page, for the upload and the heatmap alike, whatever the file's size
 EXAMPLES_DATASET = "hf-vision/chest-xray-pneumonia"
 HEATMAP_CAPTION = (
@@ -515,6 +519,10 @@ def server_name() -> str:
     return os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1")
 
 
+def upload_quota() -> UploadQuota | None:
+    return UploadQuota(MAX_UPLOAD_MB_PER_CLIENT * 2**20, WAITING_UPLOAD_LIFETIME_S) if MAX_UPLOAD_MB_PER_CLIENT > 0 else None
+
+
 def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
     """Launch with every limit of the public Space; the tests launch through here too."""
     demo.queue(default_concurrency_limit=1, max_size=64, api_open=False)  # no REST route around the queue
@@ -529,7 +537,8 @@ def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
         app_kwargs={"middleware": [Middleware(HttpGuard, max_upload_parts=MAX_BATCH_FILES, on_uploaded=demo.uploads.register,
                                               endpoint_inputs=lambda: {i: fn.inputs for i, fn in demo.fns.items() if fn.fn is not None},
                                               api_names=lambda: {fn.api_name for fn in demo.fns.values() if fn.api_name},
-                                              free_disk_bytes=lambda: shutil.disk_usage(UPLOAD_DIR).free)]},
+                                              free_disk_bytes=lambda: shutil.disk_usage(UPLOAD_DIR).free,
+                                              upload_quota=upload_quota(), client_of=lambda scope: client_address(Request(scope)))]},
         prevent_thread_lock=True,
         quiet=quiet,
     )

@@ -7,7 +7,9 @@ An ASGI middleware, so it sees every request before Gradio does:
   reaches Gradio's upload parser as its own size error, so it deletes the part files it had already spooled (and
   so does an upload the client abandons half-way);
 - an upload is refused (503) while it would leave less than `min_free_disk_bytes` of disk free: uploads never
-  asked about are kept for minutes, so one client uploading fast could otherwise fill the disk;
+  asked about are kept for minutes, so one client uploading fast could otherwise fill the disk; and one client
+  (`client_of`) may send at most `UploadQuota.max_bytes` in such a window (429), so that it alone cannot bring the
+  disk down to that reserve, which would refuse everyone's uploads;
 - any other request body (a queue join, an API call: small JSON, files go by path) may be at most
   `max_request_bytes`, so a request cannot carry megabytes into Gradio's parsers and logs;
 - a request naming an endpoint the app does not have (`api_names`; `/call/NAME`), and any to `/run/NAME` and
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Callable, Collection, Mapping, Sequence
 
 from gradio.data_classes import PredictBody
@@ -110,14 +113,46 @@ class BodyLimits:
             raise self.refusal(f"Too many files in one upload: {self.max_parts} is the maximum allowed size of one request.")
 
 
+class UploadQuota:
+    """The bytes each client uploaded in the last `window_s` (as long as an upload nobody asks about stays on disk):
+    a new upload that would take a client past `max_bytes` is refused. An upload counts at its declared size while
+    it streams, so a burst of parallel uploads cannot pass the check together, and at its real size once read."""
+
+    def __init__(self, max_bytes: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_bytes, self.window_s, self.clock = max_bytes, window_s, clock
+        self.uploads: dict[str, list[list[float]]] = {}  # client -> [when, bytes] of each recent upload
+
+    def reserve(self, client: str, size: int) -> list[float] | None:
+        """Counts an upload of at most `size` bytes for `client` (its entry, to `settle` later); None if refused."""
+        now = self.clock()
+        if len(self.uploads) > 4096:  # clients long gone: keep the table small
+            self.uploads = {c: e for c, e in self.uploads.items() if any(now - when <= self.window_s for when, _ in e)}
+        entries = [entry for entry in self.uploads.get(client, []) if now - entry[0] <= self.window_s]
+        self.uploads[client] = entries
+        if sum(used for _, used in entries) + size > self.max_bytes:
+            return None
+        entries.append(entry := [now, size])
+        return entry
+
+    def used(self, client: str) -> int:
+        now = self.clock()
+        return int(sum(used for when, used in self.uploads.get(client, []) if now - when <= self.window_s))
+
+    @staticmethod
+    def settle(entry: list[float], size: int) -> None:
+        entry[1] = size
+
+
 class HttpGuard:
     def __init__(self, app: ASGIApp, max_upload_parts: int = 100, max_upload_bytes: int = 256 * 2**20,
                  max_request_bytes: int = 2**20, on_uploaded: Callable[[list[str]], None] | None = None,
                  endpoint_inputs: Callable[[], Mapping[int, Sequence]] | None = None,
                  api_names: Callable[[], Collection[str]] | None = None,
-                 free_disk_bytes: Callable[[], int] | None = None, min_free_disk_bytes: int = 2**30) -> None:
+                 free_disk_bytes: Callable[[], int] | None = None, min_free_disk_bytes: int = 2**30,
+                 upload_quota: UploadQuota | None = None, client_of: Callable[[Scope], str] | None = None) -> None:
         self.app = app
         self.free_disk_bytes, self.min_free_disk_bytes = free_disk_bytes, min_free_disk_bytes
+        self.upload_quota, self.client_of = upload_quota, client_of
         self.max_upload_parts, self.max_upload_bytes = max_upload_parts, max_upload_bytes
         self.max_request_bytes = max_request_bytes
         self.on_uploaded = on_uploaded
@@ -152,12 +187,19 @@ class HttpGuard:
             await PlainTextResponse("Unknown endpoint.", status_code=404)(scope, receive, send_with_headers)
             return
         media_type, options = parse_options_header(Headers(scope=scope).get("content-type", ""))
+        quota_entry, limits = None, None
         try:
             if scope["method"] == "POST" and (path.endswith("/upload") or media_type.startswith(b"multipart/")):
                 if self._short_of_disk(scope):
                     await PlainTextResponse("The Space is short of disk space for uploads; try again in a few minutes.",
                                             status_code=503)(scope, receive, send_with_headers)
                     return
+                if self.upload_quota is not None and self.client_of is not None:
+                    client = self.client_of(scope)
+                    quota_entry = self.upload_quota.reserve(client, self._upload_size(scope))
+                    if quota_entry is None:
+                        await PlainTextResponse(self._over_quota(client), status_code=429)(scope, receive, send_with_headers)
+                        return
                 limits = BodyLimits(options.get(b"boundary"), self.max_upload_parts, self.max_upload_bytes)
                 receive = self._counted(scope, receive, limits)
                 if self.on_uploaded is not None and path.endswith("/upload"):
@@ -175,15 +217,27 @@ class HttpGuard:
                 raise
             message = refusal.detail if isinstance(refusal, HTTPException) else refusal.message
             await PlainTextResponse(message, status_code=413)(scope, receive, send_with_headers)
+        finally:
+            if quota_entry is not None:  # what was read is what the disk may hold; a refused body holds nothing
+                read = limits.bytes_seen if limits is not None and limits.bytes_seen <= limits.max_bytes else 0
+                UploadQuota.settle(quota_entry, read)
+
+    def _upload_size(self, scope: Scope) -> int:
+        """An upload's declared size, else (chunked) the largest allowed."""
+        length = Headers(scope=scope).get("content-length", "")
+        return min(int(length), self.max_upload_bytes) if length.isdigit() else self.max_upload_bytes
+
+    def _over_quota(self, client: str) -> str:
+        quota = self.upload_quota
+        return (f"You have uploaded {quota.used(client) / 2**20:.0f} MB in the last {quota.window_s / 60:g} minutes; one "
+                f"client may upload at most {quota.max_bytes / 2**20:g} MB in that time. Try again in a few minutes.")
 
     def _short_of_disk(self, scope: Scope) -> bool:
         """Uploads nobody asks about are kept for minutes: one client sending fast could fill the disk. An upload
         must leave `min_free_disk_bytes` free even at its declared (else its largest allowed) size."""
         if self.free_disk_bytes is None:
             return False
-        length = Headers(scope=scope).get("content-length", "")
-        size = min(int(length), self.max_upload_bytes) if length.isdigit() else self.max_upload_bytes
-        return self.free_disk_bytes() - size < self.min_free_disk_bytes
+        return self.free_disk_bytes() - self._upload_size(scope) < self.min_free_disk_bytes
 
     def _json_problem(self, body: bytes, path: str) -> tuple[int, str] | None:
         """Why a JSON body must not reach Gradio, read as FastAPI reads it (json.loads on the bytes: any UTF

@@ -527,3 +527,48 @@ def test_uploads_are_refused_while_they_would_leave_the_disk_short():
         free[0] = 2**30 + 500  # this upload would leave less than the reserve
         refused = client.post("/gradio_api/upload", files=files)
         assert refused.status_code == 503 and "short of disk space" in refused.text
+
+
+def test_one_client_may_upload_only_so_much_in_the_window_its_uploads_stay_on_disk():
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.requests import Request
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from admission import client_address
+    from http_guard import HttpGuard, UploadQuota
+
+    now = [0.0]
+    quota = UploadQuota(max_bytes=5000, window_s=600, clock=lambda: now[0])
+
+    async def stored(request):
+        await request.body()
+        return PlainTextResponse("stored")
+
+    guarded = Starlette(routes=[Route("/gradio_api/upload", stored, methods=["POST"])],
+                        middleware=[Middleware(HttpGuard, max_upload_bytes=4000, upload_quota=quota,
+                                               client_of=lambda scope: client_address(Request(scope)))])
+    film = {"files": ("film.png", b"x" * 1500)}  # about 1.7 kB with the multipart framing
+    with TestClient(guarded) as client:
+        assert client.post("/gradio_api/upload", files={"files": ("f.png", b"x" * 5000)}).status_code == 413  # over one request's limit
+        assert quota.used("testclient") == 0  # a refused body holds nothing on disk
+        assert [client.post("/gradio_api/upload", files=film).text for _ in range(2)] == ["stored"] * 2
+        refused = client.post("/gradio_api/upload", files=film)
+        assert refused.status_code == 429 and "one client may upload at most" in refused.text
+        assert quota.used("testclient") == pytest.approx(2 * 1700, abs=300)  # what was read
+        now[0] = 601  # the first uploads have left the disk (the purge) and the window
+        assert client.post("/gradio_api/upload", files=film).text == "stored"
+    with TestClient(guarded, client=("203.0.113.9", 5000)) as other:  # another client has its own allowance
+        assert other.post("/gradio_api/upload", files=film).text == "stored"
+
+
+def test_parallel_uploads_count_at_their_declared_size_before_they_are_read():
+    from http_guard import UploadQuota
+
+    quota = UploadQuota(max_bytes=1000, window_s=600, clock=lambda: 0.0)
+    first = quota.reserve("a", 600)
+    assert first is not None and quota.reserve("a", 600) is None  # the first is still streaming
+    UploadQuota.settle(first, 100)  # it turned out smaller
+    assert quota.reserve("a", 600) is not None and quota.reserve("b", 1000) is not None
