@@ -244,6 +244,9 @@ class XRayTrainingArguments(TrainingArguments):
         if self.draws > 1 and not self.load_best_model_at_end:
             raise ValueError("--draws above 1 keeps the draw with the best validation metric: it needs evaluation "
                              "and --load_best_model_at_end true.")
+        if self.draws > 1 and str(self.resume_from_checkpoint or "").lower() not in ("", "false", "none", "true", "last", "latest"):
+            raise ValueError("With --draws above 1, --resume_from_checkpoint last resumes each draw from its own folder; "
+                             "a checkpoint path would start every draw from it.")
 
 
 def argument_parser() -> HfArgumentParser:

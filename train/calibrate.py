@@ -21,18 +21,24 @@ from chestxray.classifier import FOLDED_CALIBRATION_KEY, PneumoniaClassifier
 from train.calibration import FLOORED_STRATEGIES, STRATEGIES, OperatingPoint, calibrated_logits, choose_threshold, fit_calibration, positive_probabilities
 
 
-def select_operating_point(classifier: PneumoniaClassifier, logits: np.ndarray, labels: np.ndarray, strategy: str,
-                           min_sensitivity: float, fixed_threshold: float) -> OperatingPoint:
-    """Temperature and bias, then threshold, on validation only; the calibration is folded into the head
-    and the threshold written into the model's config."""
+def fit_operating_point(logits: np.ndarray, labels: np.ndarray, strategy: str, min_sensitivity: float,
+                        fixed_threshold: float, positive_index: int = 1) -> OperatingPoint:
+    """Temperature and bias, then threshold, on validation only; nothing is changed."""
     temperature, bias = fit_calibration(logits, labels)
-    scores = positive_probabilities(logits, temperature, bias, classifier.positive_index)
+    scores = positive_probabilities(logits, temperature, bias, positive_index)
     threshold, sensitivity, specificity = choose_threshold(labels, scores, strategy, min_sensitivity, fixed_threshold)
-    point = OperatingPoint(
+    return OperatingPoint(
         threshold=float(threshold), temperature=temperature, bias=bias, strategy=strategy,
         min_sensitivity=min_sensitivity if strategy in FLOORED_STRATEGIES else None,
         validation_sensitivity=sensitivity, validation_specificity=specificity)
-    fold_calibration(classifier, temperature, bias)
+
+
+def select_operating_point(classifier: PneumoniaClassifier, logits: np.ndarray, labels: np.ndarray, strategy: str,
+                           min_sensitivity: float, fixed_threshold: float) -> OperatingPoint:
+    """`fit_operating_point`, then the calibration folded into the head and the threshold written into the
+    model's config."""
+    point = fit_operating_point(logits, labels, strategy, min_sensitivity, fixed_threshold, classifier.positive_index)
+    fold_calibration(classifier, point.temperature, point.bias)
     classifier.model.config.decision_threshold = classifier.threshold = point.threshold
     return point
 

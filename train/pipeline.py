@@ -10,7 +10,6 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from PIL import Image
-from transformers import EarlyStoppingCallback, Trainer, set_seed
+from transformers import EarlyStoppingCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from chestxray.classifier import PneumoniaClassifier
@@ -28,8 +27,8 @@ from chestxray.runtime import ONNX_FILE
 from train.arguments import DataArguments, ModelArguments, XRayTrainingArguments, argument_parser
 from train.augment import XRayAugmentation
 from train.averaging import WeightAverageCallback
-from train.calibrate import folded_logits, select_operating_point
-from train.calibration import choose_threshold, fit_calibration, positive_probabilities
+from train.calibrate import fit_operating_point, folded_logits, select_operating_point
+from train.calibration import positive_probabilities
 from train.card import POLICIES_FILE, SUMMARY_FILE, render_card, shareable_command
 from train.distill import Teachers, build_trainer, load_teachers, teacher_paths, teacher_pixel_values
 from train.distill import describe as describe_distillation
@@ -168,7 +167,8 @@ def split_description(split: str, data_args, grouped: bool) -> str:
 
 
 def write_summary(output_dir: Path, model_args, data_args, training_args, prepared, built, point, trainer,
-                  minutes: float, command: str, extra: dict | None = None) -> None:
+                  minutes: float, command: str, extra: dict | None = None, seed: int | None = None) -> None:
+    """`seed`: the kept draw's, where several were trained (the arguments keep the run's own --seed and --draws)."""
     model = built.model
     data_id, data_text = describe_data(data_args, prepared, model_args.hub_dataset_card_id)
     parameters = sum(p.numel() for p in model.parameters())
@@ -216,7 +216,7 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
                                                             model_args.distillation_weight, model_args.teacher_view),
             "framing consistency (weight, largest share of a side cut)": f"{model_args.framing_consistency}, {model_args.consistency_zoom:.0%}",
             "weight average (EMA decay per step; 0: off)": model_args.weight_average_decay,
-            "seed": training_args.seed,
+            "seed": training_args.seed if seed is None else seed,
         },
         "training_minutes": round(minutes, 1),
         "hardware": f"{torch.get_num_threads()} CPU threads ({platform.machine()})" if not torch.cuda.is_available() else torch.cuda.get_device_name(0),
@@ -236,12 +236,12 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
 DRAWS_DIR = "draws"  # each draw's checkpoints while several train; removed once one is kept
 
 
-@dataclass
+@dataclasses.dataclass
 class Draw:
     """One training of the recipe from one seed."""
 
     seed: int
-    trainer: Trainer
+    trainer: transformers.Trainer
     built: BuiltModel
     minutes: float
     record: dict
@@ -254,7 +254,8 @@ def draw_seeds(training_args) -> list[int]:
 
 def train_draw(seed: int, model_args: ModelArguments, data_args: DataArguments, training_args: XRayTrainingArguments,
                prepared: PreparedData, teachers: Teachers | None, extra_callbacks: tuple) -> Draw:
-    """Builds the model from `seed` and trains it; with several draws, each checkpoints into its own folder."""
+    """Builds the model from `seed` and trains it; with several draws, each checkpoints into (and with
+    `--resume_from_checkpoint last` resumes from) its own folder."""
     if training_args.draws > 1:
         training_args = dataclasses.replace(training_args, seed=seed,
                                             output_dir=str(Path(training_args.output_dir) / DRAWS_DIR / f"seed-{seed}"))
@@ -290,9 +291,8 @@ def train_draw(seed: int, model_args: ModelArguments, data_args: DataArguments, 
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
     minutes = (time.perf_counter() - started) / 60
-    score = trainer.state.best_metric
-    record = {"seed": seed, f"validation_{training_args.metric_for_best_model}": None if score is None else round(score, 4),
-              "minutes": round(minutes, 1)}
+    score, metric = trainer.state.best_metric, training_args.metric_for_best_model.removeprefix("eval_")
+    record = {"seed": seed, f"validation_{metric}": None if score is None else round(score, 4), "minutes": round(minutes, 1)}
     return Draw(seed, trainer, built, minutes, record)
 
 
@@ -313,14 +313,13 @@ def batch_holdout_record(draw: Draw, prepared: PreparedData, model_args: ModelAr
         return {}
     classifier = PneumoniaClassifier(draw.trainer.model.to("cpu"), draw.built.processor)
     validation, holdout = prepared.splits["validation"], prepared.splits[BATCH_HOLDOUT_SPLIT]
-    labels = np.asarray(validation["label"])
-    logits = dataset_logits(classifier, validation)
-    temperature, bias = fit_calibration(logits, labels)
-    threshold, _, _ = choose_threshold(labels, positive_probabilities(logits, temperature, bias, classifier.positive_index),
-                                       model_args.threshold_strategy, model_args.min_sensitivity, model_args.fixed_threshold)
-    scores = positive_probabilities(dataset_logits(classifier, holdout), temperature, bias, classifier.positive_index)
-    metrics = load_metric().compute(references=np.asarray(holdout["label"]), prediction_scores=scores, threshold=threshold)
-    return {f"batch_holdout_{name}": round(float(metrics[name]), 4) for name in ("roc_auc", "sensitivity", "specificity")}
+    point = fit_operating_point(dataset_logits(classifier, validation), np.asarray(validation["label"]),
+                                model_args.threshold_strategy, model_args.min_sensitivity, model_args.fixed_threshold,
+                                classifier.positive_index)
+    scores = positive_probabilities(dataset_logits(classifier, holdout), point.temperature, point.bias, classifier.positive_index)
+    metrics = load_metric().compute(references=np.asarray(holdout["label"]), prediction_scores=scores, threshold=point.threshold)
+    return {f"batch_holdout_{name}": None if metrics[name] is None else round(float(metrics[name]), 4)
+            for name in ("roc_auc", "sensitivity", "specificity")}
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRayTrainingArguments,
@@ -354,15 +353,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
         draw = train_draw(seed, model_args, data_args, training_args, prepared, teachers, extra_callbacks)
         minutes += draw.minutes
         if training_args.draws > 1 and draw.trainer.is_world_process_zero():
-            draw.record.update(batch_holdout_record(draw, prepared, model_args))
+            if training_args.world_size == 1:  # under DDP the other processes would wait for it at the next draw
+                draw.record.update(batch_holdout_record(draw, prepared, model_args))
             logger.info("Draw %d of %d: %s", len(records) + 1, training_args.draws, draw.record)
         records.append(draw.record)
         best = better_draw(best, draw, training_args.greater_is_better)
+        draw = None  # a draw that is not the best is freed before the next trains
     trainer, built = best.trainer, best.built
-    if len(records) > 1:
-        training_args.seed = best.seed  # the card's seed is the kept draw's; its command keeps --seed and --draws
-        if trainer.is_world_process_zero():
-            shutil.rmtree(output_dir / DRAWS_DIR, ignore_errors=True)
+    if len(records) > 1 and trainer.is_world_process_zero():
+        shutil.rmtree(output_dir / DRAWS_DIR, ignore_errors=True)
     if not trainer.is_world_process_zero():  # DDP: the other processes' work ends with training; one writes the folder
         return {}
 
@@ -407,7 +406,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
                                                       batch_holdout_description(batch), output_dir)
         extra[BATCH_HOLDOUT_SPLIT] = batch_holdout_summary(reports[BATCH_HOLDOUT_SPLIT]["metrics"], batch)
     write_summary(output_dir, model_args, data_args, training_args, prepared, built, point, trainer, minutes,
-                  command or shareable_command("train", sys.argv[1:]), extra)
+                  command or shareable_command("train", sys.argv[1:]), extra, seed=best.seed)
     render_card(output_dir)
     for split, report in reports.items():
         m = report["metrics"]

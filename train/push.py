@@ -14,8 +14,9 @@ from transformers import HfArgumentParser
 from chestxray.runtime import first_line
 from train.card import SUMMARY_FILE, render_card
 
-# Trainer checkpoints hold optimizer pickles and are only for resuming; they never go to the Hub.
-IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.pt", "*.pth", "*.bin", "*.pkl", ".*"]
+# Trainer checkpoints (and those of --draws, left by a run that crashed) hold optimizer pickles and are only for
+# resuming; they never go to the Hub.
+IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "draws/**", "runs/**", "*.pt", "*.pth", "*.bin", "*.pkl", ".*"]
 REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
 
