@@ -28,9 +28,11 @@ def client_address(request) -> str:
     if request is None:
         return "unknown"
     if os.environ.get("SPACE_ID"):
-        forwarded = request.headers.get("x-forwarded-for", "")
-        if forwarded.strip():
-            return subscriber(forwarded.split(",")[-1].strip())
+        # every X-Forwarded-For line, in order: a proxy may add its own line instead of appending to the client's
+        lines = getattr(request.headers, "getlist", None)
+        forwarded = ",".join(lines("x-forwarded-for") if lines else [request.headers.get("x-forwarded-for", "")])
+        if forwarded.strip(", "):
+            return subscriber([entry.strip() for entry in forwarded.split(",") if entry.strip()][-1])
     client = getattr(request, "client", None)
     return subscriber(getattr(client, "host", None) or "unknown")
 

@@ -114,7 +114,20 @@ class UploadFolder:
             self.waiting.update(str(Path(path).resolve()) for path in paths)
 
     def is_example(self, file: Path) -> bool:
-        return str(file) in self.protected or any(part.startswith(EXAMPLES_PREFIX) for part in file.relative_to(self.root).parts)
+        """Gradio's cached copies, and the app's own examples folder (a child of the root: an upload's name may
+        start with the same prefix)."""
+        parts = file.relative_to(self.root).parts
+        return str(file) in self.protected or (len(parts) > 1 and parts[0].startswith(EXAMPLES_PREFIX))
+
+    def holds(self, path: str) -> bool:
+        """Whether a file reference points into this folder (where uploads and examples are): anything else, a URL
+        above all, which Gradio would download, is no file this app received."""
+        if "://" in path:
+            return False
+        try:
+            return self.root in Path(path).resolve().parents
+        except (OSError, ValueError):  # a NUL byte, a name too long
+            return False
 
     def discard(self, path: str | None) -> None:
         """Delete an answered upload (and its folder once empty), unless it is an example or another upload of the
@@ -536,7 +549,9 @@ def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
         enable_monitoring=False,
         app_kwargs={"middleware": [Middleware(HttpGuard, max_upload_parts=MAX_BATCH_FILES, on_uploaded=demo.uploads.register,
                                               endpoint_inputs=lambda: {i: fn.inputs for i, fn in demo.fns.items() if fn.fn is not None},
-                                              api_names=lambda: {fn.api_name for fn in demo.fns.values() if fn.api_name},
+                                              api_inputs=lambda: {fn.api_name: fn.inputs for fn in demo.fns.values() if fn.api_name},
+                                              file_allowed=demo.uploads.holds,
+                                              direct_fns=lambda: {i: fn.inputs for i, fn in demo.fns.items() if fn.fn and not fn.queue},
                                               free_disk_bytes=lambda: shutil.disk_usage(UPLOAD_DIR).free,
                                               upload_quota=upload_quota(), client_of=lambda scope: client_address(Request(scope)))]},
         prevent_thread_lock=True,

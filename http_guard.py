@@ -12,8 +12,9 @@ An ASGI middleware, so it sees every request before Gradio does:
   disk down to that reserve, which would refuse everyone's uploads;
 - any other request body (a queue join, an API call: small JSON, files go by path) may be at most
   `max_request_bytes`, so a request cannot carry megabytes into Gradio's parsers and logs;
-- a request naming an endpoint the app does not have (`api_names`; `/call/NAME`), and any to `/run/NAME` and
-  `/api/NAME` (with the queue on they serve nothing), get a 404, not Gradio's 500 and traceback;
+- a request naming an endpoint the app does not have (`api_inputs`; `/call/NAME`), and any to `/run/NAME` and
+  `/api/NAME` (with the queue on they serve nothing) but the page's own `/run/predict` for an event that skips the
+  queue (`direct_fns`: loading an example), get a 404, not Gradio's 500 and traceback;
 - a JSON request is read here first, as FastAPI will read it, and refused when Gradio would choke on it: a queue
   join for an endpoint the app does not have (`endpoint_inputs`), or numbers that are not finite (NaN, 1e400), get
   Gradio's 500 and tracebacks in the log; so does a join whose values are fewer than the endpoint's inputs or not
@@ -21,6 +22,11 @@ An ASGI middleware, so it sees every request before Gradio does:
   message, the log a traceback); a request naming more than `max_upload_parts` files makes Gradio
   prepare each of them (seconds of work, an empty temporary file each) before any check of the app runs, and one
   of more than `MAX_JSON_ITEMS` values can make Gradio's validation error (in its answer and its log) megabytes;
+  the same checks hold for `/call/NAME` and `/call/v2/NAME`, which join the queue by name;
+- a request whose file reference (`path`) is a URL or lies outside the upload folder (`file_allowed`) is refused:
+  Gradio would download a URL into the upload folder with no limit of size or time, holding the worker;
+- a `session_hash` longer than `MAX_SESSION_HASH` is refused: Gradio keeps every pending session's hash, so a
+  megabyte each would pile up gigabytes;
 - Gradio's audio-recording route is closed: this app takes no audio, and that route keeps its files where no
   purge reaches them;
 - every response says `X-Content-Type-Options: nosniff` (a served file is never sniffed into HTML or script)
@@ -34,7 +40,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Callable, Collection, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from gradio.data_classes import PredictBody
 from gradio.route_utils import MultiPartException
@@ -48,6 +54,8 @@ SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy"
 CLOSED_ROUTES = ("/process_recording",)
 NAMED_ROUTE = re.compile(r"/(?P<route>run|api|call|call/v2)/(?P<name>[^/]+)$")  # Gradio's routes that name an endpoint
 MAX_JSON_ITEMS = 5000  # values in one JSON request: a batch of 100 files is about 800
+MAX_SESSION_HASH = 128  # characters; Gradio's own are 11
+UPLOAD_FIRST = "upload the file first and send the reference the upload returns (gradio_client's handle_file does both)."
 
 
 class NonFiniteNumber(ValueError):
@@ -65,19 +73,20 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _count(content) -> tuple[int, int]:
-    """How many values a JSON request holds, and how many files it names (objects with a `path`, Gradio's
-    FileData), at any depth."""
-    items, files, stack = 0, 0, [content]
+def _count(content) -> tuple[int, list]:
+    """How many values a JSON request holds, and the `path` of every file it names (objects with a `path`,
+    Gradio's FileData), at any depth."""
+    items, paths, stack = 0, [], [content]
     while stack:
         item = stack.pop()
         items += 1
         if isinstance(item, dict):
-            files += "path" in item
+            if "path" in item:
+                paths.append(item["path"])
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return items, files
+    return items, paths
 
 
 class BodyLimits:
@@ -143,11 +152,29 @@ class UploadQuota:
         entry[1] = size
 
 
+def _values_problem(inputs: Sequence, values: list) -> tuple[int, str] | None:
+    """Whether `values` could reach a function of these inputs: as many (more are ignored, as Gradio ignores
+    them), each what its input's own data model takes, checked as Gradio checks it."""
+    if len(values) < len(inputs):
+        return 422, f"This endpoint takes {len(inputs)} value(s); the request sent {len(values)}."
+    for position, (component, value) in enumerate(zip(inputs, values), start=1):
+        data_model = getattr(component, "data_model", None)
+        if value is None or data_model is None:
+            continue
+        try:
+            data_model.model_validate(value, context={"validate_meta": True})  # as Gradio validates it
+        except ValueError:
+            return 422, f"Value {position} is not what this endpoint takes: {UPLOAD_FIRST}"
+    return None
+
+
 class HttpGuard:
     def __init__(self, app: ASGIApp, max_upload_parts: int = 100, max_upload_bytes: int = 256 * 2**20,
                  max_request_bytes: int = 2**20, on_uploaded: Callable[[list[str]], None] | None = None,
                  endpoint_inputs: Callable[[], Mapping[int, Sequence]] | None = None,
-                 api_names: Callable[[], Collection[str]] | None = None,
+                 api_inputs: Callable[[], Mapping[str, Sequence]] | None = None,
+                 file_allowed: Callable[[str], bool] | None = None,
+                 direct_fns: Callable[[], Mapping[int, Sequence]] | None = None,
                  free_disk_bytes: Callable[[], int] | None = None, min_free_disk_bytes: int = 2**30,
                  upload_quota: UploadQuota | None = None, client_of: Callable[[Scope], str] | None = None) -> None:
         self.app = app
@@ -156,7 +183,8 @@ class HttpGuard:
         self.max_upload_parts, self.max_upload_bytes = max_upload_parts, max_upload_bytes
         self.max_request_bytes = max_request_bytes
         self.on_uploaded = on_uploaded
-        self.endpoint_inputs, self.api_names = endpoint_inputs, api_names
+        self.endpoint_inputs, self.api_inputs, self.file_allowed = endpoint_inputs, api_inputs, file_allowed
+        self.direct_fns = direct_fns
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -180,10 +208,12 @@ class HttpGuard:
         if scope["method"] == "POST" and path.endswith(CLOSED_ROUTES):
             await PlainTextResponse("Not Found", status_code=404)(scope, receive, send_with_headers)
             return
-        named = NAMED_ROUTE.search(path) if scope["method"] == "POST" and self.api_names is not None else None
+        named = NAMED_ROUTE.search(path) if scope["method"] == "POST" and self.api_inputs is not None else None
         # Gradio looks the name up before anything else (a 500 and a traceback when it is not there), and /run and
-        # /api serve nothing with the queue on: they answer 404 for every name.
-        if named and (named["route"] in ("run", "api") or named["name"] not in self.api_names()):
+        # /api serve nothing with the queue on: they answer 404 for every name, but for `/run/predict`, where the
+        # page sends the events that skip the queue (`direct_fns`: an example's loader), checked with the body.
+        if named and (named["route"] == "api" or (named["route"] == "run" and not self._direct_route(path))
+                      or (named["route"] != "run" and named["name"] not in self.api_inputs())):
             await PlainTextResponse("Unknown endpoint.", status_code=404)(scope, receive, send_with_headers)
             return
         media_type, options = parse_options_header(Headers(scope=scope).get("content-type", ""))
@@ -250,20 +280,54 @@ class HttpGuard:
             return 400, "The request's JSON is nested too deeply."
         except ValueError:
             return None
-        items, files = _count(content)
-        if files > self.max_upload_parts:
+        items, paths = _count(content)
+        if len(paths) > self.max_upload_parts:
             # Gradio prepares every file a request names before any check of the app runs (seconds for thousands)
             return 413, f"Too many files in one request: {self.max_upload_parts} is the maximum allowed size."
         if items > MAX_JSON_ITEMS:  # Gradio's validation error lists every bad item, in its answer and its log
             return 413, f"Too many values in one request: {MAX_JSON_ITEMS} is the maximum allowed size."
+        if any(isinstance(p, str) and "://" in p for p in paths):
+            return 422, ("This Space does not download files from URLs (a download of any size or length would hold "
+                         "its worker): save the image, and send the local file (gradio_client's handle_file uploads it).")
+        if self.file_allowed is not None and not all(isinstance(p, str) and self.file_allowed(p) for p in paths):
+            return 422, f"The request refers to a file this Space did not receive: {UPLOAD_FIRST}"
+        session = content.get("session_hash") if isinstance(content, dict) else None
+        if isinstance(session, str) and len(session) > MAX_SESSION_HASH:
+            return 422, f"The session_hash is too long: at most {MAX_SESSION_HASH} characters."
+        named = NAMED_ROUTE.search(path)
+        if self._direct_route(path):
+            return self._direct_problem(content)
         if self.endpoint_inputs is not None and path.endswith("/queue/join"):
             return self._join_problem(content)
+        if self.api_inputs is not None and named and named["route"].startswith("call"):
+            return self._call_problem(content, self.api_inputs().get(named["name"], ()), named["route"] == "call/v2")
         return None
+
+    def _direct_route(self, path: str) -> bool:
+        return self.direct_fns is not None and path.endswith("/run/predict")
+
+    def _direct_problem(self, content) -> tuple[int, str] | None:
+        """A call of an event that skips the queue: an example's loader takes the example's number, and answers
+        anything else with a 500 and a traceback."""
+        try:
+            call = PredictBody.model_validate(content)
+        except ValueError:
+            return None  # Gradio's own 422
+        inputs = self.direct_fns().get(call.fn_index) if call.fn_index is not None else None
+        if inputs is None:
+            return 404, "Unknown endpoint."
+        if len(call.data) < len(inputs):
+            return 422, f"This endpoint takes {len(inputs)} value(s); the request sent {len(call.data)}."
+        for component, value in zip(inputs, call.data):
+            samples = getattr(component, "samples", None)
+            if samples is not None and not (type(value) is int and 0 <= value < len(samples)):
+                return 422, f"There is no example {json.dumps(value)[:20]}: the examples are numbered 0 to {len(samples) - 1}."
+        return _values_problem(inputs, call.data)
 
     def _join_problem(self, content) -> tuple[int, str] | None:
         """A join read as Gradio reads it (its own model: "7", 7.0 and true are all integers there): refused when
         its fn_index names no endpoint of the app, or its values could not reach the endpoint's function; a join
-        the model refuses is left to its 422, and values beyond the inputs are ignored, as Gradio ignores them."""
+        the model refuses is left to its 422."""
         try:
             join = PredictBody.model_validate(content)
         except ValueError:
@@ -273,18 +337,21 @@ class HttpGuard:
         inputs = self.endpoint_inputs().get(join.fn_index)
         if inputs is None:
             return 400, "Unknown endpoint (fn_index)."
-        if len(join.data) < len(inputs):
-            return 422, f"This endpoint takes {len(inputs)} value(s); the request sent {len(join.data)}."
-        for position, (component, value) in enumerate(zip(inputs, join.data), start=1):
-            data_model = getattr(component, "data_model", None)
-            if value is None or data_model is None:
-                continue
-            try:
-                data_model.model_validate(value, context={"validate_meta": True})  # as Gradio validates it
-            except ValueError:
-                return 422, (f"Value {position} is not what this endpoint takes: upload the file first and send the "
-                             "reference the upload returns (gradio_client's handle_file does both).")
-        return None
+        return _values_problem(inputs, join.data)
+
+    @staticmethod
+    def _call_problem(content, inputs: Sequence, by_name: bool) -> tuple[int, str] | None:
+        """`/call/NAME` takes `{"data": [values]}`, `/call/v2/NAME` `{parameter: value}`; Gradio answers a body of
+        any other shape, or one short of values, with a 500 and a traceback."""
+        if by_name:
+            if not isinstance(content, dict):
+                return 422, "The request must be a JSON object of the endpoint's parameters."
+            if len(content) < len(inputs):
+                return 422, f"This endpoint takes {len(inputs)} value(s); the request sent {len(content)}."
+            return None
+        if not isinstance(content, dict) or not isinstance(content.get("data"), list):
+            return 422, 'The request must be a JSON object with a "data" list of the endpoint\'s values.'
+        return _values_problem(inputs, content["data"])
 
     @staticmethod
     async def _read_body(receive: Receive) -> bytes:

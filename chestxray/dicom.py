@@ -59,7 +59,7 @@ def read_dicom(data: bytes, name: str, limits: ReadLimits) -> Image.Image:
         try:
             dataset = _parse(data, name, limits)
             module = _checked_pixel_module(dataset, name, limits)
-            pixels = decode_pixels(dataset.PixelData, module, name)
+            pixels = decode_pixels(dataset.PixelData, module, name, limits)
             grey, colour = grey_image(pixels, _grey_level_dataset(dataset, module), module)
             grey.info = {"colourfulness": colour, "dicom": dicom_facts(dataset)}
             return grey

@@ -19,7 +19,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import UID, RLELossless
 
 from chestxray.ood import colourfulness
-from chestxray.upload import ImageReadError, apply_lut, colour_thumbnail, stretch_to_grey
+from chestxray.upload import ImageReadError, ReadLimits, apply_lut, check_jpeg_scans, colour_thumbnail, stretch_to_grey
 
 # Compressed frames whose own header Pillow reads without decoding, to compare their size with the DICOM header.
 _FRAME_HEADER_FORMATS = {
@@ -48,7 +48,7 @@ class PixelModule:
     transfer_syntax: UID
 
 
-def decode_pixels(pixel_data: bytes, module: PixelModule, name: str) -> np.ndarray:
+def decode_pixels(pixel_data: bytes, module: PixelModule, name: str, limits: ReadLimits) -> np.ndarray:
     """The pixels as a (rows, columns) or (rows, columns, 3) array of the declared size, or a refusal."""
     syntax = module.transfer_syntax
     if syntax.is_encapsulated:
@@ -62,6 +62,8 @@ def decode_pixels(pixel_data: bytes, module: PixelModule, name: str) -> np.ndarr
         if syntax == RLELossless:
             return _decode_rle(frame, module, name)
         if syntax in _FRAME_HEADER_FORMATS:
+            if _FRAME_HEADER_FORMATS[syntax] == "JPEG":
+                check_jpeg_scans(frame, name, limits)
             size = Image.open(io.BytesIO(frame), formats=[_FRAME_HEADER_FORMATS[syntax]]).size
             if size != (module.columns, module.rows):
                 raise ImageReadError(f"`{name}`: the DICOM image is damaged (its compressed frame is not the size "

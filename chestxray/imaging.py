@@ -23,6 +23,7 @@ from chestxray.upload import (
     ReadLimits,
     check_decoded_bytes,
     check_geometry,
+    check_jpeg_scans,
     colour_thumbnail,
     display_name,
     stretch_to_grey,
@@ -130,6 +131,8 @@ def _read_raster(data: bytes, name: str, limits: ReadLimits, min_side: int | Non
             check_decoded_bytes(image.width, image.height, _bytes_per_pixel(image.mode), name, limits)
             _refuse_multi_frame(image, name)
             _refuse_slow_rle_bmp(image, len(data), name, limits)
+            if image.format == "JPEG":
+                check_jpeg_scans(data, name, limits)
             if min_side and image.format == "JPEG":
                 image.draft(None, (min_side, min_side))
             image.load()

@@ -172,3 +172,34 @@ def test_a_hand_x_ray_gets_no_decision_on_screen(browser, bundled_app_url, tmp_p
     page.locator("#upload-preview img").wait_for(timeout=10_000)  # the person still sees what they sent
     screenshot(page, tmp_path, "hand-refused")
     page.close()
+
+
+@pytest.fixture(scope="module")
+def examples_app_url(trained_model, tmp_path_factory):
+    """The app with examples, copied where the app copies them (on a Space: a few of the Hub dataset's test films)."""
+    import app
+    from chestxray import PneumoniaClassifier
+    from conftest import free_port
+
+    folder = tmp_path_factory.mktemp("examples")
+    for label, name in ((0, "NORMAL"), (1, "PNEUMONIA")):
+        (folder / name).mkdir()
+        synthetic_xray(label, 40 + label, size=128).save(folder / name / f"film{label}.png")
+    demo = app.build_demo(PneumoniaClassifier.from_pretrained(trained_model), "tiny-test-model",
+                          examples=app.local_examples(str(folder)))
+    port = free_port()
+    app.serve(demo, "127.0.0.1", port, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_clicking_an_example_loads_it_and_answers(browser, examples_app_url, tmp_path):
+    """The page loads an example outside the queue (POST /run/predict), which the HTTP guard must let through."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(examples_app_url, wait_until="networkidle")
+    page.get_by_text("pneumonia_film1.png").first.click()
+    page.locator("#decision").get_by_text("Decision:").wait_for(timeout=30_000)
+    assert "pneumonia_film1" in page.locator("#xray-upload").inner_text()  # the example is the file on the page
+    page.locator("#upload-preview img").wait_for(timeout=10_000)
+    screenshot(page, tmp_path, "example-clicked")
+    page.close()

@@ -265,6 +265,37 @@ def ztxt_bomb(kind: str = "zTXt") -> bytes:
     return png(synthetic_xray(1, 3, size=64), pnginfo=info)
 
 
+def progressive_jpeg_scan_bomb(scans: int, side: int = 5400) -> bytes:
+    """A progressive JPEG whose one AC scan (one band of one coefficient, every block an end-of-band run) repeats
+    `scans` times: ~50 bytes a scan, each decoded over every block of the image (~1.6 ms at 5400x5400)."""
+    encoded = io.BytesIO()
+    Image.new("L", (side, side), 128).save(encoded, "JPEG", progressive=True, quality=50)
+    data = encoded.getvalue()
+    first_scan = data.find(b"\xff\xda")
+    position = first_scan + 2 + struct.unpack(">H", data[first_scan + 2 : first_scan + 4])[0]
+    while True:  # to the marker after the first (DC) scan's coded data
+        position = data.find(b"\xff", position)
+        if data[position + 1] != 0 and not 0xD0 <= data[position + 1] <= 0xD7:
+            break
+        position += 2
+    segment = lambda marker, payload: b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload  # noqa: E731
+    huffman = segment(0xC4, bytes([0x11, 1] + [0] * 15 + [0xE0]))  # AC table 1: one symbol, EOB run of 2^14 blocks
+    scan = segment(0xDA, bytes([1, 1, 0x01, 1, 63, 0]))
+    blocks, bits = ((side + 7) // 8) ** 2, ""
+    while blocks > 0:
+        bits, blocks = bits + "0" + "1" * 14, blocks - (2**15 - 1)
+    bits += "1" * (-len(bits) % 8)
+    coded = bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8)).replace(b"\xff", b"\xff\x00")
+    return data[:position] + huffman + (scan + coded) * scans + b"\xff\xd9"
+
+
+def jpeg_dicom_scan_bomb() -> bytes:
+    """A JPEG DICOM of the declared size whose frame is a progressive JPEG of 2,000 scans."""
+    frame = progressive_jpeg_scan_bomb(2000, side=80)
+    return dicom_bytes(image_elements(gradient(80, 80), changes={0x00280100: us(8), 0x00280101: us(8), 0x00280102: us(7),
+                                                           0x7FE00010: ("raw", encapsulated(frame))}), JPEG_BASELINE)
+
+
 # kind -> (file name, maker, message fragment of the refusal, or None when the image must be read)
 BOMBS = {
     "PNG 7000x7000 8-bit": ("bomb8.png", lambda: png(Image.new("L", (7000, 7000))), "more than the limit"),
@@ -282,6 +313,8 @@ BOMBS = {
     "JPEG 2000 DICOM, 11 MB frame": ("j2k.dcm", jpeg2000_size_bomb, "MB compressed"),
     "PNG zTXt bomb": ("ztxt.png", ztxt_bomb, "text metadata too large"),
     "PNG iTXt bomb": ("itxt.png", lambda: ztxt_bomb("iTXt"), "text metadata too large"),
+    "progressive JPEG 5400x5400 of 2,000 scans": ("scans.jpeg", lambda: progressive_jpeg_scan_bomb(2000), "2,001 scans"),
+    "JPEG DICOM, a frame of 2,000 scans": ("scans.dcm", jpeg_dicom_scan_bomb, "2,001 scans"),
     # The largest images that pass: read, and still within the budget.
     "PNG 16-bit at the limit (5470x5470)": ("edge16.png", lambda: png(Image.new("I;16", (5470, 5470))), None),
     "PNG RGBA at the limit (4735x4735)": ("edgergba.png", lambda: png(Image.new("RGBA", (4735, 4735))), None),
@@ -289,6 +322,7 @@ BOMBS = {
     "RLE DICOM, 2-byte runs (4000x4000)": ("slowrle.dcm", rle_slow_runs, None),
     "BMP RLE8 of one-pixel runs at the limit (1400x1400, 3.9 MB)": ("edgeruns.bmp", lambda: bmp_rle8_short_runs(1400), None),
     "BMP RLE4 at the limit (2000x2000)": ("edgerle4.bmp", lambda: bmp_rle4_long_runs(2000), None),
+    "progressive JPEG 5400x5400 at the limit (100 scans)": ("edgescans.jpeg", lambda: progressive_jpeg_scan_bomb(99), None),
 }
 
 

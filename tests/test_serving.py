@@ -102,6 +102,26 @@ def test_unanswered_uploads_and_old_outputs_are_purged_but_examples_stay(tmp_pat
     folder.purge(max_age_s=60)
     assert not stale.exists() and not stale.parent.exists()
     assert example.exists() and fresh.exists()
+    # An upload named like the examples folder is an upload: it goes when answered, or when nobody asked about it
+    named_like_an_example = tmp_path / "def456" / f"{app.EXAMPLES_PREFIX}keep.jpeg"
+    unasked = tmp_path / "ghi789" / f"{app.EXAMPLES_PREFIX}unasked.jpeg"
+    for path in (named_like_an_example, unasked):
+        path.parent.mkdir()
+        path.write_bytes(b"data")
+    folder.register([str(named_like_an_example)])
+    folder.discard(str(named_like_an_example))
+    os.utime(unasked, (time.time() - 120, time.time() - 120))
+    folder.purge(max_age_s=60)
+    assert not named_like_an_example.exists() and not unasked.exists()
+
+
+def test_only_files_in_the_upload_folder_can_be_referred_to(tmp_path):
+    folder = app.UploadFolder(str(tmp_path))
+    (tmp_path / "abc").mkdir()
+    assert folder.holds(str(tmp_path / "abc" / "film.png"))
+    for elsewhere in ("/etc/passwd", "app.py", str(tmp_path / ".." / "x.png"), str(tmp_path),
+                      "https://example.com/film.png", "file:///etc/passwd", "bad\0name"):
+        assert not folder.holds(elsewhere), elsewhere
 
 
 def test_an_upload_waiting_in_the_queue_outlives_the_purge_of_outputs(tmp_path):
@@ -384,6 +404,11 @@ def test_a_client_is_its_address_and_on_a_space_the_proxy_s_last_entry(monkeypat
     assert ipv6("2001:db8:1:2::1") == ipv6("2001:db8:1:2:ffff:eeee:dddd:cccc") == "2001:db8:1:2::/64"
     assert ipv6("2001:db8:1:3::1") != ipv6("2001:db8:1:2::1")
     assert ipv6("::ffff:203.0.113.9") == "203.0.113.9" and ipv6("not an address") == "not an address"
+    # Two header lines (a proxy adding its own line): the last entry of the last line, never the client's first
+    from starlette.datastructures import Headers
+
+    two_lines = Headers(raw=[(b"x-forwarded-for", b"6.6.6.6"), (b"x-forwarded-for", b"198.51.100.7")])
+    assert client_address(SimpleNamespace(headers=two_lines, client=None)) == "198.51.100.7"
 
 
 def test_a_burst_from_one_client_is_counted_before_it_is_queued():
@@ -419,6 +444,11 @@ def test_a_join_for_an_endpoint_the_app_does_not_have_gets_a_400_not_a_traceback
     ("predict", [{"path": "x.png"}]),  # no FileData marker
     ("predict", []),  # fewer values than inputs
     ("predict_batch", ["not a list of files"]),
+    # A well-formed reference to a file this app never received: Gradio would download a URL (no limit of size or
+    # time, holding the worker) and refuse a path outside its folders with a traceback.
+    ("predict", [{"path": "https://example.com/film.png", "meta": {"_type": "gradio.FileData"}}]),
+    ("predict", [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}]),
+    ("predict_batch", [[{"path": "app.py", "meta": {"_type": "gradio.FileData"}}]]),
 ])
 def test_a_join_whose_values_cannot_reach_the_function_gets_a_readable_422_not_a_traceback(url, api_name, data, capfd):
     config = httpx.get(f"{url}config", timeout=30).json()
@@ -426,7 +456,8 @@ def test_a_join_whose_values_cannot_reach_the_function_gets_a_readable_422_not_a
     response = httpx.post(f"{url}gradio_api/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": "bad"},
                           timeout=30)
     assert response.status_code == 422
-    assert "upload the file first" in response.text or "takes 1 value(s); the request sent 0" in response.text
+    assert any(text in response.text for text in ("upload the file first", "takes 1 value(s); the request sent 0",
+                                                  "does not download files from URLs"))
     assert "Traceback" not in capfd.readouterr().err
 
 
@@ -434,6 +465,21 @@ def test_a_join_whose_values_cannot_reach_the_function_gets_a_readable_422_not_a
 def test_a_call_naming_an_endpoint_the_app_does_not_have_gets_a_404_not_a_traceback(url, route, capfd):
     response = httpx.post(f"{url}gradio_api/{route}", json={"data": [None], "fn_index": 99}, timeout=30)
     assert response.status_code == 404 and "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("route, body, expected", [
+    ("call/predict", {}, 'a "data" list'),
+    ("call/predict", {"data": ["x"]}, "upload the file first"),
+    ("call/predict", {"data": []}, "takes 1 value(s)"),
+    ("call/predict", {"data": [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}]}, "did not receive"),
+    ("call/v2/predict", {}, "takes 1 value(s)"),
+    ("call/v2/predict", [], "JSON object of the endpoint's parameters"),
+    ("queue/join", {"data": [None], "fn_index": 0, "session_hash": "s" * 900_000}, "session_hash is too long"),
+])
+def test_the_curl_routes_and_joins_get_the_same_checks_and_a_readable_422(url, route, body, expected, capfd):
+    response = httpx.post(f"{url}gradio_api/{route}", json=body, timeout=30)
+    assert response.status_code == 422 and expected in response.text
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_the_curl_route_of_a_real_endpoint_still_answers(url):
