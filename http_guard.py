@@ -47,7 +47,7 @@ from gradio.route_utils import MultiPartException
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
@@ -152,6 +152,14 @@ class UploadQuota:
         entry[1] = size
 
 
+def refusal_body(status: int, message: str) -> dict:
+    """A refused JSON request's answer, as FastAPI words one; a 422 as Gradio words a validator's refusal, which
+    gradio_client raises as a `ValidationError` carrying the message (a plain-text body made it fail to parse)."""
+    if status == 422:
+        return {"detail": [{"__type__": "validate", "is_valid": False, "message": message, "parameter_name": "request"}]}
+    return {"detail": message}
+
+
 def _values_problem(inputs: Sequence, values: list) -> tuple[int, str] | None:
     """Whether `values` could reach a function of these inputs: as many (more are ignored, as Gradio ignores
     them), each what its input's own data model takes, checked as Gradio checks it."""
@@ -238,7 +246,7 @@ class HttpGuard:
                 receive = self._counted(scope, receive, BodyLimits(None, 0, self.max_request_bytes, multipart=False))
                 body = await self._read_body(receive)
                 if problem := self._json_problem(body, path):
-                    await PlainTextResponse(problem[1], status_code=problem[0])(scope, receive, send_with_headers)
+                    await JSONResponse(refusal_body(*problem), status_code=problem[0])(scope, receive, send_with_headers)
                     return
                 receive = self._replaying(body, receive)
             await self.app(scope, receive, send_tracked)

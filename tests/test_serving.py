@@ -478,8 +478,17 @@ def test_a_call_naming_an_endpoint_the_app_does_not_have_gets_a_404_not_a_traceb
 ])
 def test_the_curl_routes_and_joins_get_the_same_checks_and_a_readable_422(url, route, body, expected, capfd):
     response = httpx.post(f"{url}gradio_api/{route}", json=body, timeout=30)
-    assert response.status_code == 422 and expected in response.text
+    assert response.status_code == 422 and expected in response.json()["detail"][0]["message"]
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_refused_join_reaches_a_gradio_client_user_as_a_readable_validation_error(app_client, url):
+    from gradio_client.exceptions import ValidationError
+
+    with pytest.raises(ValidationError, match="does not download files from URLs"):
+        app_client.predict({"path": "https://example.com/film.png", "meta": {"_type": "gradio.FileData"}}, api_name="/predict")
+    refused = httpx.post(f"{url}gradio_api/queue/join", json={"data": [], "fn_index": 999, "session_hash": "x"})
+    assert refused.json() == {"detail": "Unknown endpoint (fn_index)."}  # other refusals: FastAPI's own shape
 
 
 def test_the_curl_route_of_a_real_endpoint_still_answers(url):
