@@ -390,7 +390,8 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             batch_upload = gr.File(label=f"Up to {MAX_BATCH_FILES} X-rays", file_count="multiple", type="filepath",
                                    elem_id="batch-upload")
             batch_button = gr.Button("Analyse all", variant="primary", elem_id="analyse-all")
-            table = gr.Dataframe(headers=["file", "P(pneumonia)", "decision", "note"], label="Results", interactive=False,
+            table = gr.Dataframe(headers=["file", "P(pneumonia)", "decision", "note"], label="Results", interactive=False, wrap=True,
+                                 column_widths=["24%", "13%", "12%", "51%"],
                                  elem_id="batch-results")
             csv_file = gr.File(label="CSV download", elem_id="batch-csv")
             batch_button.click(predict_batch, batch_upload, [table, csv_file], api_name="predict_batch", validator=admit_batch)
