@@ -1,7 +1,8 @@
 """HTTP limits for the public Space that Gradio's own settings do not cover.
 
 An ASGI middleware, so it sees every request before Gradio does:
-- an upload request (any multipart POST) may carry at most `max_upload_parts` files and `max_upload_bytes` in all:
+- an upload request (any multipart POST) may carry at most `max_upload_parts` files and `max_upload_bytes` in all,
+  and to `/upload` files alone (a form field there gets Gradio's 500 and a traceback):
   counted while the body streams in, so a request over the limit is refused before its files are stored; the
   boundary is read with the parser Gradio uses, so no spelling of the header gets past the count; the refusal
   reaches Gradio's upload parser as its own size error, so it deletes the part files it had already spooled (and
@@ -58,6 +59,19 @@ MAX_SESSION_HASH = 128  # characters; Gradio's own are 11
 UPLOAD_FIRST = "upload the file first and send the reference the upload returns (gradio_client's handle_file does both)."
 
 
+MAX_PART_HEADER_BYTES = 16 * 2**10
+
+
+def _names_a_file(header_block: bytes) -> bool:
+    """Whether a part's headers give it a file name (Content-Disposition: form-data; name=...; filename=...)."""
+    for line in header_block.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-disposition":
+            _, options = parse_options_header(value.strip())
+            return b"filename" in options or b"filename*" in options
+    return False
+
+
 class NonFiniteNumber(ValueError):
     pass
 
@@ -91,15 +105,21 @@ def _count(content) -> tuple[int, list]:
 
 class BodyLimits:
     """Counts the bytes of a body, and the parts of a multipart one, as it streams; 413 as soon as a limit is passed.
+    With `files_only`, every part must be a file (Gradio's upload answers a form field with a 500 and a traceback).
 
     A multipart body's refusal is Gradio's `MultiPartException` (its message says "maximum allowed size", which
-    Gradio answers with 413): raised inside Gradio's upload parser, it makes the parser delete its spool files."""
+    Gradio answers with 413; others get a 400): raised inside Gradio's upload parser, it makes the parser delete
+    its spool files."""
 
-    def __init__(self, boundary: bytes | None, max_parts: int, max_bytes: int, multipart: bool = True) -> None:
+    def __init__(self, boundary: bytes | None, max_parts: int, max_bytes: int, multipart: bool = True,
+                 files_only: bool = False) -> None:
         self.delimiter = b"--" + boundary if boundary else None  # without one only the bytes are counted
         self.max_parts, self.max_bytes, self.multipart = max_parts, max_bytes, multipart
         self.delimiters_seen, self.bytes_seen = 0, 0
         self.tail = b""  # the end of the previous chunk: a delimiter may straddle two chunks
+        self.files_only = files_only and self.delimiter is not None
+        self.unread = b""  # what the part check has yet to decide on: a delimiter or a header block may straddle chunks
+        self.in_headers = self.closed = False
 
     def refusal(self, message: str) -> Exception:
         return MultiPartException(message) if self.multipart else HTTPException(413, message)
@@ -120,6 +140,31 @@ class BodyLimits:
         # n parts have n + 1 delimiters (the last one closes the body)
         if self.delimiters_seen - 1 > self.max_parts:
             raise self.refusal(f"Too many files in one upload: {self.max_parts} is the maximum allowed size of one request.")
+        if self.files_only:
+            self._check_parts(chunk)
+
+    def _check_parts(self, chunk: bytes) -> None:
+        """Reads each part's header block (from its delimiter to the blank line) and refuses one that names no file."""
+        data, position, self.unread = self.unread + chunk, 0, b""
+        while not self.closed:
+            if self.in_headers:
+                end = data.find(b"\r\n\r\n", position)
+                if end < 0:
+                    self.unread = data[position:]
+                    if len(self.unread) > MAX_PART_HEADER_BYTES:
+                        raise self.refusal("An upload's part headers are too long.")
+                    return
+                if not _names_a_file(data[position:end]):
+                    raise self.refusal("Each part of an upload must be a file with a file name; a form field was sent.")
+                self.in_headers, position = False, end + 4
+                continue
+            found = data.find(self.delimiter, position)
+            after = found + len(self.delimiter)
+            if found < 0 or len(data) < after + 2:  # keep what may begin a delimiter, and the two bytes after it
+                self.unread = data[found if found >= 0 else max(position, len(data) - len(self.delimiter) - 1):]
+                return
+            self.closed = data[after:after + 2] == b"--"  # the closing delimiter: no part follows
+            self.in_headers, position = True, after
 
 
 class UploadQuota:
@@ -238,7 +283,8 @@ class HttpGuard:
                     if quota_entry is None:
                         await PlainTextResponse(self._over_quota(client), status_code=429)(scope, receive, send_with_headers)
                         return
-                limits = BodyLimits(options.get(b"boundary"), self.max_upload_parts, self.max_upload_bytes)
+                limits = BodyLimits(options.get(b"boundary"), self.max_upload_parts, self.max_upload_bytes,
+                                    files_only=path.endswith("/upload"))
                 receive = self._counted(scope, receive, limits)
                 if self.on_uploaded is not None and path.endswith("/upload"):
                     send_tracked = self._reporting_stored_paths(send_tracked)

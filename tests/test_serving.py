@@ -200,6 +200,31 @@ def test_the_upload_limits_hold_for_any_spelling_of_the_boundary(url, boundary_p
     assert not spooled_parts()
 
 
+def test_an_upload_of_a_form_field_gets_a_readable_400_not_a_traceback(url, capfd):
+    response = httpx.post(f"{url}gradio_api/upload", files={"files": (None, "just a field")}, timeout=30)
+    assert response.status_code == 400 and "must be a file with a file name" in response.text
+    assert "Traceback" not in capfd.readouterr().err and not spooled_parts()
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64, 100_000])
+def test_the_part_check_reads_headers_split_across_any_chunks(chunk):
+    from gradio.route_utils import MultiPartException
+
+    from http_guard import BodyLimits
+
+    field = b'--b0und4ry\r\nContent-Disposition: form-data; name="files"\r\n\r\nx\r\n'
+    for body, refused in ((multipart_body("b0und4ry", 3), False), (field + multipart_body("b0und4ry", 2), True),
+                          (multipart_body("b0und4ry", 2)[:-14] + field + b"--b0und4ry--\r\n", True)):
+        limits = BodyLimits(b"b0und4ry", 10, 2**20, files_only=True)
+        try:
+            for start in range(0, len(body), chunk):
+                limits.feed(body[start : start + chunk])
+        except MultiPartException as error:
+            assert refused and "form field" in error.message
+        else:
+            assert not refused
+
+
 def test_the_audio_recording_route_is_closed(url):
     """It stores its body outside the upload folder, where no purge reaches; this app takes no audio."""
     response = httpx.post(f"{url}gradio_api/process_recording", content=multipart_body("b0und4ry", 1),
