@@ -56,10 +56,8 @@ CLOSED_ROUTES = ("/process_recording",)
 NAMED_ROUTE = re.compile(r"/(?P<route>run|api|call|call/v2)/(?P<name>[^/]+)$")  # Gradio's routes that name an endpoint
 MAX_JSON_ITEMS = 5000  # values in one JSON request: a batch of 100 files is about 800
 MAX_SESSION_HASH = 128  # characters; Gradio's own are 11
+MAX_PART_HEADER_BYTES = 16 * 2**10  # one part's header block in an upload; a browser's is about 150 bytes
 UPLOAD_FIRST = "upload the file first and send the reference the upload returns (gradio_client's handle_file does both)."
-
-
-MAX_PART_HEADER_BYTES = 16 * 2**10
 
 
 def _names_a_file(header_block: bytes) -> bool:
@@ -348,11 +346,11 @@ class HttpGuard:
         session = content.get("session_hash") if isinstance(content, dict) else None
         if isinstance(session, str) and len(session) > MAX_SESSION_HASH:
             return 422, f"The session_hash is too long: at most {MAX_SESSION_HASH} characters."
-        named = NAMED_ROUTE.search(path)
         if self._direct_route(path):
             return self._direct_problem(content)
         if self.endpoint_inputs is not None and path.endswith("/queue/join"):
             return self._join_problem(content)
+        named = NAMED_ROUTE.search(path)
         if self.api_inputs is not None and named and named["route"].startswith("call"):
             return self._call_problem(content, self.api_inputs().get(named["name"], ()), named["route"] == "call/v2")
         return None
@@ -370,8 +368,6 @@ class HttpGuard:
         inputs = self.direct_fns().get(call.fn_index) if call.fn_index is not None else None
         if inputs is None:
             return 404, "Unknown endpoint."
-        if len(call.data) < len(inputs):
-            return 422, f"This endpoint takes {len(inputs)} value(s); the request sent {len(call.data)}."
         for component, value in zip(inputs, call.data):
             samples = getattr(component, "samples", None)
             if samples is not None and not (type(value) is int and 0 <= value < len(samples)):

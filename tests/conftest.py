@@ -149,6 +149,24 @@ def app_server(trained_model):
 
 
 @pytest.fixture(scope="session")
+def examples_app_url(trained_model, tmp_path_factory):
+    """The app with examples, copied where the app copies them (on a Space: a few of the Hub dataset's test films)."""
+    import app
+    from chestxray import PneumoniaClassifier
+
+    folder = tmp_path_factory.mktemp("examples")
+    for label, name in ((0, "NORMAL"), (1, "PNEUMONIA")):
+        (folder / name).mkdir()
+        synthetic_xray(label, 40 + label, size=128).save(folder / name / f"film{label}.png")
+    demo = app.build_demo(PneumoniaClassifier.from_pretrained(trained_model), "tiny-test-model",
+                          examples=app.local_examples(str(folder)))
+    port = free_port()
+    app.serve(demo, "127.0.0.1", port, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="session")
 def app_client(app_server):
     from gradio_client import Client
 

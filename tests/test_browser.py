@@ -174,25 +174,6 @@ def test_a_hand_x_ray_gets_no_decision_on_screen(browser, bundled_app_url, tmp_p
     page.close()
 
 
-@pytest.fixture(scope="module")
-def examples_app_url(trained_model, tmp_path_factory):
-    """The app with examples, copied where the app copies them (on a Space: a few of the Hub dataset's test films)."""
-    import app
-    from chestxray import PneumoniaClassifier
-    from conftest import free_port
-
-    folder = tmp_path_factory.mktemp("examples")
-    for label, name in ((0, "NORMAL"), (1, "PNEUMONIA")):
-        (folder / name).mkdir()
-        synthetic_xray(label, 40 + label, size=128).save(folder / name / f"film{label}.png")
-    demo = app.build_demo(PneumoniaClassifier.from_pretrained(trained_model), "tiny-test-model",
-                          examples=app.local_examples(str(folder)))
-    port = free_port()
-    app.serve(demo, "127.0.0.1", port, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
-
-
 def test_clicking_an_example_loads_it_and_answers(browser, examples_app_url, tmp_path):
     """The page loads an example outside the queue (POST /run/predict), which the HTTP guard must let through."""
     page = browser.new_page(viewport={"width": 1280, "height": 1400})

@@ -516,6 +516,25 @@ def test_a_refused_join_reaches_a_gradio_client_user_as_a_readable_validation_er
     assert refused.json() == {"detail": "Unknown endpoint (fn_index)."}  # other refusals: FastAPI's own shape
 
 
+@pytest.mark.parametrize("body, status, expected", [
+    ({"data": [1], "fn_index": 0, "session_hash": "x"}, 200, None),  # what the page sends for the second example
+    ({"data": [None], "fn_index": 0, "session_hash": "x"}, 422, "There is no example null"),
+    ({"data": [2], "fn_index": 0, "session_hash": "x"}, 422, "numbered 0 to 1"),
+    ({"data": ["1"], "fn_index": 0, "session_hash": "x"}, 422, 'There is no example "1"'),
+    ({"data": [], "fn_index": 0, "session_hash": "x"}, 422, "takes 1 value(s)"),
+])
+def test_the_page_s_example_loader_is_the_one_event_served_outside_the_queue(examples_app_url, body, status, expected, capfd):
+    config = httpx.get(f"{examples_app_url}config", timeout=30).json()
+    loader = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "load_example")
+    response = httpx.post(f"{examples_app_url}gradio_api/run/predict", json={**body, "fn_index": loader}, timeout=30)
+    assert response.status_code == status
+    if expected:
+        assert expected in response.json()["detail"][0]["message"]
+    queued = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "predict")
+    assert httpx.post(f"{examples_app_url}gradio_api/run/predict", json={**body, "fn_index": queued}).status_code == 404
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_the_curl_route_of_a_real_endpoint_still_answers(url):
     response = httpx.post(f"{url}gradio_api/call/predict", json={"data": [None]}, timeout=30)
     assert response.status_code == 200 and "event_id" in response.json()  # the curl route of "Use via API"
