@@ -376,7 +376,8 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
                     legend = gr.HTML(heatmap_legend_html(), visible=False)
             if examples:
                 gr.Examples(examples=[[path, path] for path in examples], inputs=[upload, preview],
-                            label="Example X-rays (not used in training)", examples_per_page=8)
+                            label="Example X-rays (not used in training)", examples_per_page=8,
+                            api_visibility="private")  # the page's own: no API endpoint
             with gr.Accordion("JSON (as returned by the /predict API)", open=False):
                 answer = gr.JSON(label="Prediction")
             upload.change(show_upload, upload, [preview, confidences, decision, heatmap, legend, answer],
@@ -550,9 +551,11 @@ def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
         enable_monitoring=False,
         app_kwargs={"middleware": [Middleware(HttpGuard, max_upload_parts=MAX_BATCH_FILES, on_uploaded=demo.uploads.register,
                                               endpoint_inputs=lambda: {i: fn.inputs for i, fn in demo.fns.items() if fn.fn is not None},
-                                              api_inputs=lambda: {fn.api_name: fn.inputs for fn in demo.fns.values() if fn.api_name},
+                                              api_inputs=lambda: {fn.api_name: fn.inputs for fn in demo.fns.values()
+                                                                  if fn.api_name and fn.api_visibility != "private"},
                                               file_allowed=demo.uploads.holds,
                                               direct_fns=lambda: {i: fn.inputs for i, fn in demo.fns.items() if fn.fn and not fn.queue},
+                                              known_session=lambda session: session in demo._queue.pending_messages_per_session,
                                               free_disk_bytes=lambda: shutil.disk_usage(UPLOAD_DIR).free,
                                               upload_quota=upload_quota(), client_of=lambda scope: client_address(Request(scope)))]},
         prevent_thread_lock=True,

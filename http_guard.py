@@ -23,11 +23,14 @@ An ASGI middleware, so it sees every request before Gradio does:
   message, the log a traceback); a request naming more than `max_upload_parts` files makes Gradio
   prepare each of them (seconds of work, an empty temporary file each) before any check of the app runs, and one
   of more than `MAX_JSON_ITEMS` values can make Gradio's validation error (in its answer and its log) megabytes;
-  the same checks hold for `/call/NAME` and `/call/v2/NAME`, which join the queue by name;
+  the same checks hold for `/call/NAME`, which joins the queue by name (`/call/v2/NAME`, parameters by name, is
+  closed: Gradio answers most mistakes there with a 500);
 - a request whose file reference (`path`) is a URL or lies outside the upload folder (`file_allowed`) is refused:
   Gradio would download a URL into the upload folder with no limit of size or time, holding the worker;
-- a `session_hash` longer than `MAX_SESSION_HASH` is refused: Gradio keeps every pending session's hash, so a
-  megabyte each would pile up gigabytes;
+- a `session_hash` (or, in the query string, an `upload_id`) longer than `MAX_SESSION_HASH` is refused: Gradio
+  keeps every pending session's hash and every upload id it is asked about, so a megabyte each would pile up
+  gigabytes; and an event stream (`/queue/data`) for a session with no event waiting (`known_session`) gets its
+  404 before the stream starts, not after (a traceback in the log for each such request);
 - Gradio's audio-recording route is closed: this app takes no audio, and that route keeps its files where no
   purge reaches them;
 - every response says `X-Content-Type-Options: nosniff` (a served file is never sniffed into HTML or script)
@@ -41,6 +44,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from urllib.parse import parse_qsl
 from typing import Callable, Mapping, Sequence
 
 from gradio.data_classes import PredictBody
@@ -226,6 +230,7 @@ class HttpGuard:
                  api_inputs: Callable[[], Mapping[str, Sequence]] | None = None,
                  file_allowed: Callable[[str], bool] | None = None,
                  direct_fns: Callable[[], Mapping[int, Sequence]] | None = None,
+                 known_session: Callable[[str], bool] | None = None,
                  free_disk_bytes: Callable[[], int] | None = None, min_free_disk_bytes: int = 2**30,
                  upload_quota: UploadQuota | None = None, client_of: Callable[[Scope], str] | None = None) -> None:
         self.app = app
@@ -235,7 +240,7 @@ class HttpGuard:
         self.max_request_bytes = max_request_bytes
         self.on_uploaded = on_uploaded
         self.endpoint_inputs, self.api_inputs, self.file_allowed = endpoint_inputs, api_inputs, file_allowed
-        self.direct_fns = direct_fns
+        self.direct_fns, self.known_session = direct_fns, known_session
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -266,6 +271,13 @@ class HttpGuard:
         if named and (named["route"] == "api" or (named["route"] == "run" and not self._direct_route(path))
                       or (named["route"] != "run" and named["name"] not in self.api_inputs())):
             await PlainTextResponse("Unknown endpoint.", status_code=404)(scope, receive, send_with_headers)
+            return
+        if named and named["route"] == "call/v2":  # parameters by name: Gradio answers most mistakes with a 500
+            await PlainTextResponse('Use /call/NAME with {"data": [values]}, as the API page shows.',
+                                    status_code=404)(scope, receive, send_with_headers)
+            return
+        if problem := self._query_problem(scope, path):
+            await JSONResponse(refusal_body(*problem), status_code=problem[0])(scope, receive, send_with_headers)
             return
         media_type, options = parse_options_header(Headers(scope=scope).get("content-type", ""))
         quota_entry, limits = None, None
@@ -351,8 +363,19 @@ class HttpGuard:
         if self.endpoint_inputs is not None and path.endswith("/queue/join"):
             return self._join_problem(content)
         named = NAMED_ROUTE.search(path)
-        if self.api_inputs is not None and named and named["route"].startswith("call"):
-            return self._call_problem(content, self.api_inputs().get(named["name"], ()), named["route"] == "call/v2")
+        if self.api_inputs is not None and named and named["route"] == "call":
+            return self._call_problem(content, self.api_inputs().get(named["name"], ()))
+        return None
+
+    def _query_problem(self, scope: Scope, path: str) -> tuple[int, str] | None:
+        """Ids in the query string: Gradio keeps each upload id it is asked about, and answers a stream for a
+        session without events with a 404 raised after the response started (a traceback in the log each time)."""
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        for key in ("session_hash", "upload_id"):
+            if len(query.get(key, "")) > MAX_SESSION_HASH:
+                return 400, f"The {key} is too long: at most {MAX_SESSION_HASH} characters."
+        if self.known_session is not None and path.endswith("/queue/data") and not self.known_session(query.get("session_hash", "")):
+            return 404, "No event is waiting for this session: join the queue first."
         return None
 
     def _direct_route(self, path: str) -> bool:
@@ -390,15 +413,9 @@ class HttpGuard:
         return _values_problem(inputs, join.data)
 
     @staticmethod
-    def _call_problem(content, inputs: Sequence, by_name: bool) -> tuple[int, str] | None:
-        """`/call/NAME` takes `{"data": [values]}`, `/call/v2/NAME` `{parameter: value}`; Gradio answers a body of
-        any other shape, or one short of values, with a 500 and a traceback."""
-        if by_name:
-            if not isinstance(content, dict):
-                return 422, "The request must be a JSON object of the endpoint's parameters."
-            if len(content) < len(inputs):
-                return 422, f"This endpoint takes {len(inputs)} value(s); the request sent {len(content)}."
-            return None
+    def _call_problem(content, inputs: Sequence) -> tuple[int, str] | None:
+        """`/call/NAME` takes `{"data": [values]}`; Gradio answers a body of any other shape, or one short of values,
+        with a 500 and a traceback."""
         if not isinstance(content, dict) or not isinstance(content.get("data"), list):
             return 422, 'The request must be a JSON object with a "data" list of the endpoint\'s values.'
         return _values_problem(inputs, content["data"])

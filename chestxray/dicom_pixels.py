@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import get_frame
+from pydicom.encaps import encapsulate, get_frame
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import UID, RLELossless
 
@@ -68,6 +68,8 @@ def decode_pixels(pixel_data: bytes, module: PixelModule, name: str, limits: Rea
             if size != (module.columns, module.rows):
                 raise ImageReadError(f"`{name}`: the DICOM image is damaged (its compressed frame is not the size "
                                      "its header says).")
+        # The first frame alone: pydicom decodes every further frame an offset table lists, unchecked.
+        pixel_data = encapsulate([frame])
     pixels = _pixel_dataset(pixel_data, module).pixel_array
     if pixels.shape[:2] != (module.rows, module.columns):
         raise ImageReadError(f"`{name}`: the DICOM pixel data cannot be decoded (it does not match its header).")

@@ -289,6 +289,17 @@ def progressive_jpeg_scan_bomb(scans: int, side: int = 5400) -> bytes:
     return data[:position] + huffman + (scan + coded) * scans + b"\xff\xd9"
 
 
+def jpeg_dicom_extra_frames(extra: bytes, count: int = 1, side: int = 5400) -> bytes:
+    """A one-frame JPEG DICOM of the declared size whose offset table lists `count` more frames of `extra`."""
+    from pydicom.encaps import encapsulate
+
+    frame = png(Image.new("L", (side, side), 100), format="JPEG", quality=20)
+    return dicom_bytes(image_elements(gradient(2, 2), changes={
+        0x00280010: us(side), 0x00280011: us(side), 0x00280100: us(8), 0x00280101: us(8), 0x00280102: us(7),
+        0x7FE00010: ("raw", element(0x7FE00010, "OB", None) + encapsulate([frame] + [extra] * count, has_bot=True) + SEQUENCE_END)}),
+        JPEG_BASELINE)
+
+
 def jpeg_dicom_scan_bomb() -> bytes:
     """A JPEG DICOM of the declared size whose frame is a progressive JPEG of 2,000 scans."""
     frame = progressive_jpeg_scan_bomb(2000, side=80)
@@ -315,6 +326,12 @@ BOMBS = {
     "PNG iTXt bomb": ("itxt.png", lambda: ztxt_bomb("iTXt"), "text metadata too large"),
     "progressive JPEG 5400x5400 of 2,000 scans": ("scans.jpeg", lambda: progressive_jpeg_scan_bomb(2000), "2,001 scans"),
     "JPEG DICOM, a frame of 2,000 scans": ("scans.dcm", jpeg_dicom_scan_bomb, "2,001 scans"),
+    # Frames beyond the one declared, listed in the offset table: only the first is ever decoded.
+    "JPEG DICOM listing an extra frame of 10,000 scans": (
+        "extrascans.dcm", lambda: jpeg_dicom_extra_frames(progressive_jpeg_scan_bomb(10_000)), None),
+    "JPEG DICOM listing 40 extra 5400x5400 frames": (
+        "extraframes.dcm", lambda: jpeg_dicom_extra_frames(png(Image.new("L", (5400, 5400), 100), format="JPEG", quality=20), 40),
+        None),
     # The largest images that pass: read, and still within the budget.
     "PNG 16-bit at the limit (5470x5470)": ("edge16.png", lambda: png(Image.new("I;16", (5470, 5470))), None),
     "PNG RGBA at the limit (4735x4735)": ("edgergba.png", lambda: png(Image.new("RGBA", (4735, 4735))), None),

@@ -497,13 +497,27 @@ def test_a_call_naming_an_endpoint_the_app_does_not_have_gets_a_404_not_a_traceb
     ("call/predict", {"data": ["x"]}, "upload the file first"),
     ("call/predict", {"data": []}, "takes 1 value(s)"),
     ("call/predict", {"data": [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}]}, "did not receive"),
-    ("call/v2/predict", {}, "takes 1 value(s)"),
-    ("call/v2/predict", [], "JSON object of the endpoint's parameters"),
     ("queue/join", {"data": [None], "fn_index": 0, "session_hash": "s" * 900_000}, "session_hash is too long"),
 ])
 def test_the_curl_routes_and_joins_get_the_same_checks_and_a_readable_422(url, route, body, expected, capfd):
     response = httpx.post(f"{url}gradio_api/{route}", json=body, timeout=30)
     assert response.status_code == 422 and expected in response.json()["detail"][0]["message"]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("route", ["call/v2/predict", "call/v2/analyse", "call/show_upload"])
+def test_parameters_by_name_and_the_page_s_private_events_have_no_route(url, route, capfd):
+    response = httpx.post(f"{url}gradio_api/{route}", json={"path": None}, timeout=30)
+    assert response.status_code == 404 and "Traceback" not in capfd.readouterr().err
+
+
+def test_an_event_stream_for_a_session_without_events_and_overlong_ids_are_refused_up_front(url, capfd):
+    stream = httpx.get(f"{url}gradio_api/queue/data", params={"session_hash": "no-such-session"}, timeout=30)
+    assert stream.status_code == 404 and "join the queue first" in stream.text
+    for route, key in (("queue/data", "session_hash"), ("upload_progress", "upload_id"), ("upload", "upload_id")):
+        method = httpx.post if route == "upload" else httpx.get
+        response = method(f"{url}gradio_api/{route}", params={key: "x" * 14_000}, timeout=30)
+        assert response.status_code == 400 and f"The {key} is too long" in response.text
     assert "Traceback" not in capfd.readouterr().err
 
 
@@ -532,6 +546,7 @@ def test_the_page_s_example_loader_is_the_one_event_served_outside_the_queue(exa
         assert expected in response.json()["detail"][0]["message"]
     queued = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "predict")
     assert httpx.post(f"{examples_app_url}gradio_api/run/predict", json={**body, "fn_index": queued}).status_code == 404
+    assert httpx.post(f"{examples_app_url}gradio_api/call/load_example", json={"data": [99]}).status_code == 404  # no API
     assert "Traceback" not in capfd.readouterr().err
 
 
