@@ -556,6 +556,8 @@ def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
                                               file_allowed=demo.uploads.holds,
                                               direct_fns=lambda: {i: fn.inputs for i, fn in demo.fns.items() if fn.fn and not fn.queue},
                                               known_session=lambda session: session in demo._queue.pending_messages_per_session,
+                                              api_parameters=lambda: {name.lstrip("/"): info["parameters"] for name, info
+                                                                      in demo.get_api_info()["named_endpoints"].items()},
                                               free_disk_bytes=lambda: shutil.disk_usage(UPLOAD_DIR).free,
                                               upload_quota=upload_quota(), client_of=lambda scope: client_address(Request(scope)))]},
         prevent_thread_lock=True,

@@ -23,8 +23,8 @@ An ASGI middleware, so it sees every request before Gradio does:
   message, the log a traceback); a request naming more than `max_upload_parts` files makes Gradio
   prepare each of them (seconds of work, an empty temporary file each) before any check of the app runs, and one
   of more than `MAX_JSON_ITEMS` values can make Gradio's validation error (in its answer and its log) megabytes;
-  the same checks hold for `/call/NAME`, which joins the queue by name (`/call/v2/NAME`, parameters by name, is
-  closed: Gradio answers most mistakes there with a 500);
+  the same checks hold for `/call/NAME`, which joins the queue by name, and for `/call/v2/NAME`, which takes the
+  values by parameter name (`api_parameters`; Gradio answers a wrong or missing name there with a 500);
 - a request whose file reference (`path`) is a URL or lies outside the upload folder (`file_allowed`) is refused:
   Gradio would download a URL into the upload folder with no limit of size or time, holding the worker;
 - a `session_hash` (or, in the query string, an `upload_id`) longer than `MAX_SESSION_HASH` is refused: Gradio
@@ -49,6 +49,7 @@ from typing import Callable, Mapping, Sequence
 
 from gradio.data_classes import PredictBody
 from gradio.route_utils import MultiPartException
+from gradio_client.utils import construct_args
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -89,20 +90,23 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _count(content) -> tuple[int, list]:
-    """How many values a JSON request holds, and the `path` of every file it names (objects with a `path`,
-    Gradio's FileData), at any depth."""
-    items, paths, stack = 0, [], [content]
+def _count(content) -> tuple[int, int, list]:
+    """How many values a JSON request holds, how many objects with a `path` (files, as Gradio prepares them), and
+    the `path` of every one that Gradio would take for a file (marked as its FileData), at any depth."""
+    items, files, paths, stack = 0, 0, [], [content]
     while stack:
         item = stack.pop()
         items += 1
         if isinstance(item, dict):
             if "path" in item:
-                paths.append(item["path"])
+                files += 1
+                meta = item.get("meta")
+                if isinstance(meta, dict) and meta.get("_type") == "gradio.FileData":
+                    paths.append(item["path"])
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return items, paths
+    return items, files, paths
 
 
 class BodyLimits:
@@ -231,6 +235,7 @@ class HttpGuard:
                  file_allowed: Callable[[str], bool] | None = None,
                  direct_fns: Callable[[], Mapping[int, Sequence]] | None = None,
                  known_session: Callable[[str], bool] | None = None,
+                 api_parameters: Callable[[], Mapping[str, list]] | None = None,
                  free_disk_bytes: Callable[[], int] | None = None, min_free_disk_bytes: int = 2**30,
                  upload_quota: UploadQuota | None = None, client_of: Callable[[Scope], str] | None = None) -> None:
         self.app = app
@@ -241,6 +246,7 @@ class HttpGuard:
         self.on_uploaded = on_uploaded
         self.endpoint_inputs, self.api_inputs, self.file_allowed = endpoint_inputs, api_inputs, file_allowed
         self.direct_fns, self.known_session = direct_fns, known_session
+        self.api_parameters = api_parameters or (lambda: {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -271,10 +277,6 @@ class HttpGuard:
         if named and (named["route"] == "api" or (named["route"] == "run" and not self._direct_route(path))
                       or (named["route"] != "run" and named["name"] not in self.api_inputs())):
             await PlainTextResponse("Unknown endpoint.", status_code=404)(scope, receive, send_with_headers)
-            return
-        if named and named["route"] == "call/v2":  # parameters by name: Gradio answers most mistakes with a 500
-            await PlainTextResponse('Use /call/NAME with {"data": [values]}, as the API page shows.',
-                                    status_code=404)(scope, receive, send_with_headers)
             return
         if problem := self._query_problem(scope, path):
             await JSONResponse(refusal_body(*problem), status_code=problem[0])(scope, receive, send_with_headers)
@@ -344,8 +346,8 @@ class HttpGuard:
             return 400, "The request's JSON is nested too deeply."
         except ValueError:
             return None
-        items, paths = _count(content)
-        if len(paths) > self.max_upload_parts:
+        items, files, paths = _count(content)
+        if files > self.max_upload_parts:
             # Gradio prepares every file a request names before any check of the app runs (seconds for thousands)
             return 413, f"Too many files in one request: {self.max_upload_parts} is the maximum allowed size."
         if items > MAX_JSON_ITEMS:  # Gradio's validation error lists every bad item, in its answer and its log
@@ -365,6 +367,8 @@ class HttpGuard:
         named = NAMED_ROUTE.search(path)
         if self.api_inputs is not None and named and named["route"] == "call":
             return self._call_problem(content, self.api_inputs().get(named["name"], ()))
+        if self.api_inputs is not None and named and named["route"] == "call/v2":
+            return self._named_call_problem(content, named["name"])
         return None
 
     def _query_problem(self, scope: Scope, path: str) -> tuple[int, str] | None:
@@ -411,6 +415,17 @@ class HttpGuard:
         if inputs is None:
             return 400, "Unknown endpoint (fn_index)."
         return _values_problem(inputs, join.data)
+
+    def _named_call_problem(self, content, name: str) -> tuple[int, str] | None:
+        """`/call/v2/NAME` (the API recorder's cURL) takes `{parameter: value}`: its values put in order as Gradio
+        puts them, then checked like any other; Gradio answers a wrong or missing name with a 500 and a traceback."""
+        if not isinstance(content, dict):
+            return 422, "The request must be a JSON object of the endpoint's parameters by name."
+        try:
+            values = construct_args(self.api_parameters().get(name), (), content)
+        except (TypeError, ValueError) as error:
+            return 422, str(error)
+        return _values_problem(self.api_inputs().get(name, ()), values)
 
     @staticmethod
     def _call_problem(content, inputs: Sequence) -> tuple[int, str] | None:

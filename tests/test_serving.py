@@ -505,10 +505,26 @@ def test_the_curl_routes_and_joins_get_the_same_checks_and_a_readable_422(url, r
     assert "Traceback" not in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("route", ["call/v2/predict", "call/v2/analyse", "call/show_upload"])
-def test_parameters_by_name_and_the_page_s_private_events_have_no_route(url, route, capfd):
-    response = httpx.post(f"{url}gradio_api/{route}", json={"path": None}, timeout=30)
+@pytest.mark.parametrize("route", ["call/show_upload", "call/v2/show_upload"])
+def test_the_page_s_private_events_have_no_api_route(url, route, capfd):
+    response = httpx.post(f"{url}gradio_api/{route}", json={"data": [None]}, timeout=30)
     assert response.status_code == 404 and "Traceback" not in capfd.readouterr().err
+
+
+def test_values_by_parameter_name_get_the_same_checks_and_a_good_request_still_joins(url, tmp_path, capfd):
+    """`/call/v2/NAME` is what the API recorder's cURL snippet calls."""
+    (stored,) = upload(url, [("named.png", png_bytes(tmp_path, "named.png", seed=31))]).json()
+    reference = {"path": stored, "meta": {"_type": "gradio.FileData"}}
+    for body, expected in (({"x": 1}, "`x` is not a valid key-word argument"), ({}, "No value provided for required argument: path"),
+                           ([], "parameters by name"), ({"path": "bare.png"}, "upload the file first"),
+                           ({"path": {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}}, "did not receive")):
+        response = httpx.post(f"{url}gradio_api/call/v2/predict", json=body, timeout=30)
+        assert response.status_code == 422 and expected in response.json()["detail"][0]["message"], body
+    joined = httpx.post(f"{url}gradio_api/call/v2/predict", json={"path": reference}, timeout=30)
+    assert joined.status_code == 200 and "event_id" in joined.json()
+    with httpx.stream("GET", f"{url}gradio_api/call/predict/{joined.json()['event_id']}", timeout=60) as events:
+        assert "event: complete" in "".join(events.iter_text())
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_an_event_stream_for_a_session_without_events_and_overlong_ids_are_refused_up_front(url, capfd):
