@@ -534,6 +534,16 @@ def server_name() -> str:
     return os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1")
 
 
+def event_stream_waiting(demo: gr.Blocks, event_id: str) -> bool:
+    """Whether `/call/NAME/EVENT_ID` has a stream to read: the event's session, found as Gradio finds it (the event,
+    else the session still holding its id, else the id itself), must have messages waiting."""
+    queue = demo._queue
+    event = queue.event_ids_to_events.get(event_id)
+    session = event.session_hash if event is not None else next(
+        (s for s, ids in list(queue.pending_event_ids_session.items()) if event_id in ids), event_id)
+    return session in queue.pending_messages_per_session
+
+
 def upload_quota() -> UploadQuota | None:
     return UploadQuota(MAX_UPLOAD_MB_PER_CLIENT * 2**20, WAITING_UPLOAD_LIFETIME_S) if MAX_UPLOAD_MB_PER_CLIENT > 0 else None
 
@@ -556,6 +566,7 @@ def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
                                               file_allowed=demo.uploads.holds,
                                               direct_fns=lambda: {i: fn.inputs for i, fn in demo.fns.items() if fn.fn and not fn.queue},
                                               known_session=lambda session: session in demo._queue.pending_messages_per_session,
+                                              known_event=lambda event_id: event_stream_waiting(demo, event_id),
                                               api_parameters=lambda: {name.lstrip("/"): info["parameters"] for name, info
                                                                       in demo.get_api_info()["named_endpoints"].items()},
                                               free_disk_bytes=lambda: shutil.disk_usage(UPLOAD_DIR).free,

@@ -1,8 +1,9 @@
 """HTTP limits for the public Space that Gradio's own settings do not cover.
 
 An ASGI middleware, so it sees every request before Gradio does:
-- an upload request (any multipart POST) may carry at most `max_upload_parts` files and `max_upload_bytes` in all,
-  and to `/upload` files alone (a form field there gets Gradio's 500 and a traceback):
+- an upload request (to `/upload`; a multipart body anywhere else gets the small-body limit below) may carry at
+  most `max_upload_parts` parts, files alone (a form field there gets Gradio's 500 and a traceback), and
+  `max_upload_bytes` in all:
   counted while the body streams in, so a request over the limit is refused before its files are stored; the
   boundary is read with the parser Gradio uses, so no spelling of the header gets past the count; the refusal
   reaches Gradio's upload parser as its own size error, so it deletes the part files it had already spooled (and
@@ -29,8 +30,9 @@ An ASGI middleware, so it sees every request before Gradio does:
   Gradio would download a URL into the upload folder with no limit of size or time, holding the worker;
 - a `session_hash` (or, in the query string, an `upload_id`) longer than `MAX_SESSION_HASH` is refused: Gradio
   keeps every pending session's hash and every upload id it is asked about, so a megabyte each would pile up
-  gigabytes; and an event stream (`/queue/data`) for a session with no event waiting (`known_session`) gets its
-  404 before the stream starts, not after (a traceback in the log for each such request);
+  gigabytes; and an event stream (`/queue/data`, or `/call/NAME/EVENT_ID`) for a session or event with nothing
+  waiting (`known_session`, `known_event`) gets its 404 before the stream starts, not after (a traceback in the
+  log for each such request);
 - Gradio's audio-recording route is closed: this app takes no audio, and that route keeps its files where no
   purge reaches them;
 - every response says `X-Content-Type-Options: nosniff` (a served file is never sniffed into HTML or script)
@@ -59,6 +61,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 CLOSED_ROUTES = ("/process_recording",)
 NAMED_ROUTE = re.compile(r"/(?P<route>run|api|call|call/v2)/(?P<name>[^/]+)$")  # Gradio's routes that name an endpoint
+RESULTS_ROUTE = re.compile(r"/call/(?:v2/)?[^/]+/(?P<event_id>[^/]+)$")  # the results stream of a /call request
 MAX_JSON_ITEMS = 5000  # values in one JSON request: a batch of 100 files is about 800
 MAX_SESSION_HASH = 128  # characters; Gradio's own are 11
 MAX_PART_HEADER_BYTES = 16 * 2**10  # one part's header block in an upload; a browser's is about 150 bytes
@@ -222,7 +225,7 @@ def _values_problem(inputs: Sequence, values: list) -> tuple[int, str] | None:
             continue
         try:
             data_model.model_validate(value, context={"validate_meta": True})  # as Gradio validates it
-        except ValueError:
+        except Exception:  # noqa: BLE001 - pydantic's ValueError, or Gradio's own check failing on odd shapes
             return 422, f"Value {position} is not what this endpoint takes: {UPLOAD_FIRST}"
     return None
 
@@ -235,6 +238,7 @@ class HttpGuard:
                  file_allowed: Callable[[str], bool] | None = None,
                  direct_fns: Callable[[], Mapping[int, Sequence]] | None = None,
                  known_session: Callable[[str], bool] | None = None,
+                 known_event: Callable[[str], bool] | None = None,
                  api_parameters: Callable[[], Mapping[str, list]] | None = None,
                  free_disk_bytes: Callable[[], int] | None = None, min_free_disk_bytes: int = 2**30,
                  upload_quota: UploadQuota | None = None, client_of: Callable[[Scope], str] | None = None) -> None:
@@ -245,7 +249,7 @@ class HttpGuard:
         self.max_request_bytes = max_request_bytes
         self.on_uploaded = on_uploaded
         self.endpoint_inputs, self.api_inputs, self.file_allowed = endpoint_inputs, api_inputs, file_allowed
-        self.direct_fns, self.known_session = direct_fns, known_session
+        self.direct_fns, self.known_session, self.known_event = direct_fns, known_session, known_event
         self.api_parameters = api_parameters or (lambda: {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -289,13 +293,16 @@ class HttpGuard:
                     await PlainTextResponse("The Space is short of disk space for uploads; try again in a few minutes.",
                                             status_code=503)(scope, receive, send_with_headers)
                     return
-                if self.upload_quota is not None and self.client_of is not None:
+                if self.upload_quota is not None and self.client_of is not None and path.endswith("/upload"):
                     client = self.client_of(scope)
                     quota_entry = self.upload_quota.reserve(client, self._upload_size(scope))
                     if quota_entry is None:
                         await PlainTextResponse(self._over_quota(client), status_code=429)(scope, receive, send_with_headers)
                         return
-                limits = BodyLimits(options.get(b"boundary"), self.max_upload_parts, self.max_upload_bytes,
+                # Files go to /upload alone: a multipart body anywhere else gets the small-body limit (FastAPI
+                # refuses it, and its refusal quotes the whole body back).
+                limits = BodyLimits(options.get(b"boundary"), self.max_upload_parts,
+                                    self.max_upload_bytes if path.endswith("/upload") else self.max_request_bytes,
                                     files_only=path.endswith("/upload"))
                 receive = self._counted(scope, receive, limits)
                 if self.on_uploaded is not None and path.endswith("/upload"):
@@ -380,6 +387,9 @@ class HttpGuard:
                 return 400, f"The {key} is too long: at most {MAX_SESSION_HASH} characters."
         if self.known_session is not None and path.endswith("/queue/data") and not self.known_session(query.get("session_hash", "")):
             return 404, "No event is waiting for this session: join the queue first."
+        if self.known_event is not None and scope["method"] == "GET" and (results := RESULTS_ROUTE.search(path)):
+            if not self.known_event(results["event_id"]):
+                return 404, "No such event is waiting: send the request (POST) first, then read its results once."
         return None
 
     def _direct_route(self, path: str) -> bool:
@@ -421,6 +431,7 @@ class HttpGuard:
         puts them, then checked like any other; Gradio answers a wrong or missing name with a 500 and a traceback."""
         if not isinstance(content, dict):
             return 422, "The request must be a JSON object of the endpoint's parameters by name."
+        content = {key: value for key, value in content.items() if key != "oauth_token"}  # Gradio drops it too
         try:
             values = construct_args(self.api_parameters().get(name), (), content)
         except (TypeError, ValueError) as error:

@@ -537,6 +537,30 @@ def test_an_event_stream_for_a_session_without_events_and_overlong_ids_are_refus
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_a_results_stream_for_an_event_nobody_sent_is_refused_up_front(url, capfd):
+    for route in ("call/predict/deadbeef", "call/v2/predict/deadbeef", "call/nosuch/deadbeef"):
+        response = httpx.get(f"{url}gradio_api/{route}", timeout=30)
+        assert response.status_code == 404 and "send the request (POST) first" in response.text
+    log = capfd.readouterr().err
+    assert "Traceback" not in log and "already started" not in log
+
+
+@pytest.mark.parametrize("meta", [None, "gradio.FileData", [1], 7])
+def test_a_file_reference_of_an_odd_shape_gets_a_422_not_a_500(url, meta, capfd):
+    config = httpx.get(f"{url}config", timeout=30).json()
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "predict")
+    response = httpx.post(f"{url}gradio_api/queue/join", timeout=30,
+                          json={"data": [{"path": "x", "meta": meta}], "fn_index": fn_index, "session_hash": "odd"})
+    assert response.status_code == 422 and "Traceback" not in capfd.readouterr().err
+
+
+def test_a_multipart_body_outside_the_upload_route_gets_the_small_body_limit(url):
+    body = b'--zzz\r\nContent-Disposition: form-data; name="data"\r\n\r\n' + b"A" * (2 * 2**20) + b"\r\n--zzz--\r\n"
+    response = httpx.post(f"{url}gradio_api/queue/join", content=body, timeout=30,
+                          headers={"content-type": "multipart/form-data; boundary=zzz"})
+    assert response.status_code == 413 and len(response.content) < 10_000  # not the body quoted back
+
+
 def test_a_refused_join_reaches_a_gradio_client_user_as_a_readable_validation_error(app_client, url):
     from gradio_client.exceptions import ValidationError
 
