@@ -120,10 +120,8 @@ class UploadFolder:
         return str(file) in self.protected or (len(parts) > 1 and parts[0].startswith(EXAMPLES_PREFIX))
 
     def holds(self, path: str) -> bool:
-        """Whether a file reference points into this folder (where uploads and examples are): anything else, a URL
-        above all, which Gradio would download, is no file this app received."""
-        if "://" in path:
-            return False
+        """Whether a file reference points into this folder, where uploads and examples are: anything else is no
+        file this app received (a URL resolves as a relative path, outside it)."""
         try:
             return self.root in Path(path).resolve().parents
         except (OSError, ValueError):  # a NUL byte, a name too long
