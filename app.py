@@ -557,6 +557,7 @@ def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
         footer_links=["api"],
         run_history=False,
         enable_monitoring=False,
+        state_session_capacity=1000,  # the app keeps no state: ~50 kB of Gradio's own per session, at most 50 MB
         app_kwargs={"middleware": [Middleware(HttpGuard, max_upload_parts=MAX_BATCH_FILES, on_uploaded=demo.uploads.register,
                                               endpoint_inputs=lambda: {i: fn.inputs for i, fn in demo.fns.items() if fn.fn is not None},
                                               api_inputs=lambda: {fn.api_name: fn.inputs for fn in demo.fns.values()
@@ -565,6 +566,7 @@ def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
                                               direct_fns=lambda: {i: fn.inputs for i, fn in demo.fns.items() if fn.fn and not fn.queue},
                                               known_session=lambda session: session in demo._queue.pending_messages_per_session,
                                               known_event=lambda event_id: event_stream_waiting(demo, event_id),
+                                              known_component=lambda component: component in demo.blocks,
                                               api_parameters=lambda: {name.lstrip("/"): info["parameters"] for name, info
                                                                       in demo.get_api_info()["named_endpoints"].items()},
                                               free_disk_bytes=lambda: shutil.disk_usage(UPLOAD_DIR).free,

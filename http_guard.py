@@ -34,7 +34,12 @@ An ASGI middleware, so it sees every request before Gradio does:
   waiting (`known_session`, `known_event`) gets its 404 before the stream starts, not after (a traceback in the
   log for each such request);
 - Gradio's audio-recording route is closed: this app takes no audio, and that route keeps its files where no
-  purge reaches them;
+  purge reaches them; so are `/file=` for a URL and `/proxy=` (Gradio would relay any public URL, with no limit
+  of size or time) and the custom-component route (none here);
+- a JSON body that is not text (FastAPI's error handler quotes it in a traceback, 4 times its size in the log),
+  or whose text holds a lone surrogate (Gradio keeps the session hash in its event statistics, which then fail
+  after every later event, for every user), is refused, and so is a `/component_server` call for a component
+  the app does not have (`known_component`; Gradio's answer is a 500);
 - every response says `X-Content-Type-Options: nosniff` (a served file is never sniffed into HTML or script)
   and sends no referrer;
 - the paths an upload was stored at are reported to `on_uploaded`: identical files share one path, so the app
@@ -65,7 +70,16 @@ RESULTS_ROUTE = re.compile(r"/call/(?:v2/)?[^/]+/(?P<event_id>[^/]+)$")  # the r
 MAX_JSON_ITEMS = 5000  # values in one JSON request: a batch of 100 files is about 800
 MAX_SESSION_HASH = 128  # characters; Gradio's own are 11
 MAX_PART_HEADER_BYTES = 16 * 2**10  # one part's header block in an upload; a browser's is about 150 bytes
+NOT_TEXT = "The request is not text in UTF-8 (nor JSON in UTF-16 or 32), or holds a character that is not Unicode."
 UPLOAD_FIRST = "upload the file first and send the reference the upload returns (gradio_client's handle_file does both)."
+
+
+def _relay_or_unused(path: str) -> bool:
+    """Gradio fetches a URL given to `/file=` (and `/proxy=`) and streams it back, with no limit of size or time:
+    the Space would relay anything for anyone. This app serves local files only and has no custom components."""
+    _, file_marker, target = path.partition("/file=")
+    return ("://" in target or target.lower().startswith(("http:", "https:"))) if file_marker else (
+        "/proxy=" in path or "/custom_component/" in path)
 
 
 def _names_a_file(header_block: bytes) -> bool:
@@ -239,6 +253,7 @@ class HttpGuard:
                  direct_fns: Callable[[], Mapping[int, Sequence]] | None = None,
                  known_session: Callable[[str], bool] | None = None,
                  known_event: Callable[[str], bool] | None = None,
+                 known_component: Callable[[int], bool] | None = None,
                  api_parameters: Callable[[], Mapping[str, list]] | None = None,
                  free_disk_bytes: Callable[[], int] | None = None, min_free_disk_bytes: int = 2**30,
                  upload_quota: UploadQuota | None = None, client_of: Callable[[Scope], str] | None = None) -> None:
@@ -250,6 +265,7 @@ class HttpGuard:
         self.on_uploaded = on_uploaded
         self.endpoint_inputs, self.api_inputs, self.file_allowed = endpoint_inputs, api_inputs, file_allowed
         self.direct_fns, self.known_session, self.known_event = direct_fns, known_session, known_event
+        self.known_component = known_component
         self.api_parameters = api_parameters or (lambda: {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -271,6 +287,9 @@ class HttpGuard:
             await send_with_headers(message)
 
         path = scope["path"].rstrip("/")
+        if _relay_or_unused(path):
+            await PlainTextResponse("Not Found", status_code=404)(scope, receive, send_with_headers)
+            return
         if scope["method"] == "POST" and path.endswith(CLOSED_ROUTES):
             await PlainTextResponse("Not Found", status_code=404)(scope, receive, send_with_headers)
             return
@@ -347,11 +366,18 @@ class HttpGuard:
         encoding, a BOM); None to hand it on. Malformed JSON is left to FastAPI's own 422."""
         try:
             content = json.loads(body, parse_constant=_non_finite, parse_float=_finite_float)
+            json.dumps(content, ensure_ascii=False).encode()  # a lone surrogate ("\\udc80") breaks Gradio's stats later
         except NonFiniteNumber:  # FastAPI would take it, and Gradio answer a 500 with two tracebacks
             return 422, "Numbers in the request must be finite."
         except RecursionError:
             return 400, "The request's JSON is nested too deeply."
-        except ValueError:
+        except UnicodeError:  # FastAPI's error handler would quote the undecodable body in a traceback
+            return 400, NOT_TEXT
+        except ValueError:  # not JSON: FastAPI answers, and its error handler quotes the body as UTF-8 text
+            try:
+                body.decode()
+            except UnicodeDecodeError:
+                return 400, NOT_TEXT
             return None
         items, files, paths = _count(content)
         if files > self.max_upload_parts:
@@ -367,6 +393,10 @@ class HttpGuard:
         session = content.get("session_hash") if isinstance(content, dict) else None
         if isinstance(session, str) and len(session) > MAX_SESSION_HASH:
             return 422, f"The session_hash is too long: at most {MAX_SESSION_HASH} characters."
+        if self.known_component is not None and path.endswith("/component_server"):
+            component = content.get("component_id") if isinstance(content, dict) else None
+            if not (type(component) is int and self.known_component(component)):  # Gradio: a KeyError, a 500
+                return 404, "Unknown component."
         if self._direct_route(path):
             return self._direct_problem(content)
         if self.endpoint_inputs is not None and path.endswith("/queue/join"):

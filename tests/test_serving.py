@@ -561,6 +561,23 @@ def test_a_multipart_body_outside_the_upload_route_gets_the_small_body_limit(url
     assert response.status_code == 413 and len(response.content) < 10_000  # not the body quoted back
 
 
+@pytest.mark.parametrize("route", ["file=https://example.com/film.png", "file=HTTP:/example.com/x", "proxy=https://example.com/",
+                                   "custom_component/abc/client/def/x.js"])
+def test_the_space_relays_no_url_and_serves_no_custom_component(url, route):
+    assert httpx.get(f"{url}gradio_api/{route}", timeout=30).status_code == 404
+
+
+@pytest.mark.parametrize("body, content_type, status", [
+    (b'{"data": [null], "fn_index": 0, "session_hash": "\\udc80"}', "application/json", 400),  # a lone surrogate
+    (b"\xff\xfe\xfd not text" * 100, "text/plain", 400),
+    (b'{"component_id": 999999, "fn_name": "x", "data": null, "session_hash": "s"}', "application/json", 404),
+])
+def test_bodies_that_would_break_gradio_s_handlers_are_refused_first(url, body, content_type, status, capfd):
+    route = "component_server" if b"component_id" in body else "queue/join"
+    response = httpx.post(f"{url}gradio_api/{route}", content=body, headers={"content-type": content_type}, timeout=30)
+    assert response.status_code == status and "Traceback" not in capfd.readouterr().err
+
+
 def test_a_refused_join_reaches_a_gradio_client_user_as_a_readable_validation_error(app_client, url):
     from gradio_client.exceptions import ValidationError
 
