@@ -287,10 +287,7 @@ class HttpGuard:
             await send_with_headers(message)
 
         path = scope["path"].rstrip("/")
-        if _relay_or_unused(path):
-            await PlainTextResponse("Not Found", status_code=404)(scope, receive, send_with_headers)
-            return
-        if scope["method"] == "POST" and path.endswith(CLOSED_ROUTES):
+        if _relay_or_unused(path) or (scope["method"] == "POST" and path.endswith(CLOSED_ROUTES)):
             await PlainTextResponse("Not Found", status_code=404)(scope, receive, send_with_headers)
             return
         named = NAMED_ROUTE.search(path) if scope["method"] == "POST" and self.api_inputs is not None else None
@@ -305,14 +302,14 @@ class HttpGuard:
             await JSONResponse(refusal_body(*problem), status_code=problem[0])(scope, receive, send_with_headers)
             return
         media_type, options = parse_options_header(Headers(scope=scope).get("content-type", ""))
-        quota_entry, limits = None, None
+        quota_entry, limits, upload = None, None, path.endswith("/upload")
         try:
-            if scope["method"] == "POST" and (path.endswith("/upload") or media_type.startswith(b"multipart/")):
+            if scope["method"] == "POST" and (upload or media_type.startswith(b"multipart/")):
                 if self._short_of_disk(scope):
                     await PlainTextResponse("The Space is short of disk space for uploads; try again in a few minutes.",
                                             status_code=503)(scope, receive, send_with_headers)
                     return
-                if self.upload_quota is not None and self.client_of is not None and path.endswith("/upload"):
+                if self.upload_quota is not None and self.client_of is not None and upload:
                     client = self.client_of(scope)
                     quota_entry = self.upload_quota.reserve(client, self._upload_size(scope))
                     if quota_entry is None:
@@ -321,10 +318,9 @@ class HttpGuard:
                 # Files go to /upload alone: a multipart body anywhere else gets the small-body limit (FastAPI
                 # refuses it, and its refusal quotes the whole body back).
                 limits = BodyLimits(options.get(b"boundary"), self.max_upload_parts,
-                                    self.max_upload_bytes if path.endswith("/upload") else self.max_request_bytes,
-                                    files_only=path.endswith("/upload"))
+                                    self.max_upload_bytes if upload else self.max_request_bytes, files_only=upload)
                 receive = self._counted(scope, receive, limits)
-                if self.on_uploaded is not None and path.endswith("/upload"):
+                if self.on_uploaded is not None and upload:
                     send_tracked = self._reporting_stored_paths(send_tracked)
             elif scope["method"] in ("POST", "PUT", "PATCH"):
                 receive = self._counted(scope, receive, BodyLimits(None, 0, self.max_request_bytes, multipart=False))
