@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from bench.proportions import FILM_SIDE, ProportionEstimator, canonicalise, estimate, stretched_windows
+from bench.proportions import (FILM_SIDE, ProportionEstimator, canonicalise, estimate, stretched_windows,
+                                write_canonical_copy)
 
 
 def disc(size: tuple[int, int] = (FILM_SIDE, FILM_SIDE), box: tuple[int, int, int, int] | None = None) -> Image.Image:
@@ -56,3 +57,15 @@ def test_the_estimator_answers_one_number_per_image_of_any_size():
     estimator = ProportionEstimator()
     answers = estimate(estimator, [disc(), disc(size=(400, 250)), disc().convert("RGB")])
     assert answers.shape == (3,) and np.isfinite(answers).all()
+
+
+def test_the_canonical_copy_keeps_every_class_folder_and_name(tmp_path):
+    source = tmp_path / "train"
+    for label, box in (("NORMAL", None), ("PNEUMONIA", (60, 20, 164, 204))):
+        (source / label).mkdir(parents=True)
+        for index in range(2):
+            disc(box=box).convert("RGB").save(source / label / f"IM-000{index}-0001.jpeg")
+    write_canonical_copy(ProportionEstimator(), source, tmp_path / "copy" / "train")
+    copied = sorted(path.relative_to(tmp_path / "copy" / "train") for path in (tmp_path / "copy").rglob("*.jpeg"))
+    assert copied == sorted(path.relative_to(source) for path in source.rglob("*.jpeg"))
+    assert all(Image.open(tmp_path / "copy" / "train" / path).size == (FILM_SIDE, FILM_SIDE) for path in copied)
