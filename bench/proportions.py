@@ -47,6 +47,7 @@ from bench.framing import FRAMINGS  # noqa: E402
 from bench.margins import logit_margin  # noqa: E402
 from chestxray import PneumoniaClassifier  # noqa: E402
 from train.augment import crop_sides  # noqa: E402
+from train.data import normal_batch  # noqa: E402
 
 FILM_SIDE = 224  # the films' stored size
 INPUT_SIDE = 128  # what the estimator sees
@@ -147,8 +148,9 @@ def split_images(data_dir: Path, split_csv: Path) -> tuple[list[Path], np.ndarra
             np.array([row["label"] == "PNEUMONIA" for row in rows], dtype=int))
 
 
-def load_films(paths: list[Path]) -> torch.Tensor:
-    return torch.from_numpy(np.stack([np.asarray(Image.open(path).convert("L").resize((FILM_SIDE, FILM_SIDE))) for path in paths])).unsqueeze(1)
+def load_films(images: list[Image.Image]) -> torch.Tensor:
+    """(N, 1, FILM_SIDE, FILM_SIDE) uint8: what the synthetic windows are cut from."""
+    return torch.from_numpy(np.stack([np.asarray(image.convert("L").resize((FILM_SIDE, FILM_SIDE))) for image in images])).unsqueeze(1)
 
 
 def operating_figures(classifier: PneumoniaClassifier, images: list[Image.Image], labels: np.ndarray) -> str:
@@ -218,7 +220,7 @@ def main() -> None:
         estimator.load_state_dict(load_file(estimator_file))
     else:
         train_paths, _ = split_images(data_dir, model_dir / "splits" / "train.csv")
-        estimator = train_estimator(load_films(train_paths), args.epochs)
+        estimator = train_estimator(load_films([Image.open(path) for path in train_paths]), args.epochs)
         estimator_file.parent.mkdir(parents=True, exist_ok=True)
         save_file(estimator.state_dict(), estimator_file)
     if args.write_canonical_copy:
@@ -227,8 +229,8 @@ def main() -> None:
         return compare(estimator, Path(args.compare[0]), Path(args.compare[1]), data_dir, args.splits)
 
     paths, labels = split_images(data_dir, model_dir / "splits" / "validation.csv")
-    films = load_films(paths)
-    windows, target = stretched_windows(films.float().div(255), torch.Generator().manual_seed(1))
+    images = [Image.open(path).convert("L") for path in paths]
+    windows, target = stretched_windows(load_films(images).float().div(255), torch.Generator().manual_seed(1))
     with torch.no_grad():
         estimator.eval()
         predicted = estimator(windows).numpy()
@@ -236,10 +238,9 @@ def main() -> None:
     print(f"\nvalidation, synthetic stretches (|log| ≤ {MAX_LOG_STRETCH}): RMSE {np.sqrt(np.mean((predicted - target) ** 2)):.3f}, "
           f"correlation {np.corrcoef(predicted, target)[0, 1]:.3f}")
 
-    images = [Image.open(path).convert("L") for path in paths]
     native = estimate(estimator, images)
-    batch = np.array(["NORMAL2" if path.name.startswith("NORMAL2") else "IM" if label == 0 else
-                      ("virus" if "virus" in path.name else "bacteria") for path, label in zip(paths, labels)])
+    batch = np.array([normal_batch(path.name) if label == 0 else ("virus" if "virus" in path.name else "bacteria")
+                      for path, label in zip(paths, labels)])
     print("\n| films as filmed | count | estimated log stretch: mean (sd) |\n|---|---|---|")
     for name in ("IM", "NORMAL2", "bacteria", "virus"):
         print(f"| {name} | {np.sum(batch == name)} | {native[batch == name].mean():+.3f} ({native[batch == name].std():.3f}) |")
@@ -248,10 +249,11 @@ def main() -> None:
 
     print("\n| cut 10 % off | true log stretch | mean estimate change |\n|---|---|---|")
     cuts = {name: [crop_sides(image, *sides) for image in images] for name, sides in FRAMINGS.items()}
-    for name, cut in cuts.items():
-        left, top, right, bottom = FRAMINGS[name]
+    stretches = {"nothing": native, **{name: estimate(estimator, cut) for name, cut in cuts.items()}}
+    cuts = {"nothing": images, **cuts}
+    for name, (left, top, right, bottom) in FRAMINGS.items():
         truth = math.log((1 - left - right) / (1 - top - bottom))
-        print(f"| {name} | {truth:+.3f} | {np.mean(estimate(estimator, cut) - native):+.3f} |")
+        print(f"| {name} | {truth:+.3f} | {np.mean(stretches[name] - native):+.3f} |")
     if args.skip_model:
         return
 
@@ -267,8 +269,8 @@ def main() -> None:
               f"{normal_native[rows].max():+.3f}): specificity {np.mean(probability[labels == 0][rows] < classifier.threshold):.3f}")
     print(f"\n{model_dir}: ROC-AUC | sensitivity | specificity at the stored threshold {classifier.threshold:.3f}\n")
     print(f"| cut 10 % off | as served | canonicalised | canonicalised beyond ±{args.dead_zone} |\n|---|---|---|---|")
-    for name, cut in {"nothing": images, **cuts}.items():
-        stretch = estimate(estimator, cut)
+    for name, cut in cuts.items():
+        stretch = stretches[name]
         full = [canonicalise(image, s) for image, s in zip(cut, stretch)]
         beyond = [canonicalise(image, s, args.dead_zone) for image, s in zip(cut, stretch)]
         print(f"| {name} | {operating_figures(classifier, cut, labels)} | {operating_figures(classifier, full, labels)} "
