@@ -71,19 +71,50 @@ class Prediction:
         return {POSITIVE_LABEL: self.pneumonia_probability, NEGATIVE_LABEL: 1.0 - self.pneumonia_probability}
 
 
+# Where, as a share of the network's depth, the OOD features also summarise the hidden states. The pooled features
+# say what the head needs to call pneumonia; earlier states keep what the head never needed (texture, anatomy), and
+# with them the gate refused more of a kind it never saw (docs/experiments.md, "features from several stages").
+STAGE_DEPTHS = (0.25, 0.5, 0.75)
+FEATURES_LAYOUT = f"pooled+stage_statistics{STAGE_DEPTHS}+population_std"  # recorded in the ONNX export (chestxray.runtime)
+
+
+def stage_statistics(hidden_states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Mean and standard deviation over positions of the hidden states at `STAGE_DEPTHS` of the network
+    (ConvNeXt: stages 1-3 of 4; ViT: layers 3, 6 and 9 of 12; EfficientNet-Lite0: blocks 4, 8 and 12 of 16; the
+    index is rounded half to even); maps (N, C, H, W) or tokens (N, L, C). The population deviation: a 1x1 map
+    (a small input) gives 0, not NaN, which would silence every check."""
+    last = len(hidden_states) - 1  # hidden_states[0] is the embedding (EfficientNet: the stem)
+    statistics = []
+    for index in sorted({max(1, round(last * depth)) for depth in STAGE_DEPTHS}):
+        state = hidden_states[index]
+        positions = (2, 3) if state.ndim == 4 else (1,)
+        statistics += [state.mean(positions), state.std(positions, correction=0)]
+    return statistics
+
+
+def pooled_width(config) -> int:
+    """How many of the OOD features are the pooled ones: all that checks fitted before `stage_statistics` read."""
+    if config.model_type == "convnext":
+        return int(config.hidden_sizes[-1])
+    if config.model_type == "efficientnet":
+        return int(config.hidden_dim)
+    return int(config.hidden_size)
+
+
 class LogitsAndFeatures(torch.nn.Module):
-    """The network as the app runs it: logits and the pooled features the OOD check measures, in one pass
-    (also the graph exported to ONNX)."""
+    """The network as the app runs it, in one pass (also the graph exported to ONNX): the logits, and the features
+    the OOD check measures (the pooled features, then `stage_statistics`)."""
 
     def __init__(self, model) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = self.model.base_model(pixel_values=pixel_values)
+        outputs = self.model.base_model(pixel_values=pixel_values, output_hidden_states=True)
         pooled = getattr(outputs, "pooler_output", None)
-        features = pooled if pooled is not None else outputs.last_hidden_state[:, 0]  # ViT: the CLS token
-        return self.model.classifier(features), features
+        pooled = pooled if pooled is not None else outputs.last_hidden_state[:, 0]  # ViT: the CLS token
+        features = torch.cat([pooled, *stage_statistics(outputs.hidden_states)], dim=1)
+        return self.model.classifier(pooled), features
 
 
 class PneumoniaClassifier:
@@ -112,18 +143,29 @@ class PneumoniaClassifier:
         self.temperature = float(getattr(self.config, "calibration_temperature", 1.0))
         self.bias = float(getattr(self.config, "calibration_bias", 0.0))
         folder = Path(source) if source and Path(source).is_dir() else None
-        self.ood_reference = OodReference.load(folder) if folder else None
         self.onnx_network = onnx_network
-        self.gate = self._matching_gate(folder) if folder else None
+        self.ood_reference, self.gate = self._matching_checks(folder) if folder else (None, None)
 
-    def _matching_gate(self, folder: Path) -> OodGate | None:
-        """The folder's learned gate, if it was fitted on this network's features (else the reference stands in)."""
-        gate = OodGate.load(folder)
-        if gate is not None and not gate_matches(gate, self.logits_and_features(probe_pixels(self.image_size))[1].double().numpy()):
+    def _matching_checks(self, folder: Path) -> tuple[OodReference | None, OodGate | None]:
+        """The folder's feature reference and learned gate, each only if it was fitted on this network's features:
+        all of them, or the pooled ones that lead them (a folder fitted before `stage_statistics`; each check reads
+        the features of its own width). A check fitted on another network would judge nonsense."""
+        reference, gate = OodReference.load(folder), OodGate.load(folder)
+        if reference is None and gate is None:
+            return None, None
+        probe = self.logits_and_features(probe_pixels(self.image_size))[1].double().numpy()
+        widths = {probe.shape[1], pooled_width(self.config)}
+        refit = f"refit it with `python -m train.ood --model_dir {folder} --data_dir ... --ood_dir ...`"
+        if reference is not None and reference.mean.shape[0] not in widths:
+            logger.warning("Ignoring the out-of-distribution reference of %s: it was fitted on %d features, the network "
+                           "gives %d (%s).", folder, reference.mean.shape[0], probe.shape[1], refit)
+            reference = None
+        if gate is not None and not (gate.probe_features.shape[-1] in widths
+                                     and gate_matches(gate, probe[:, : gate.probe_features.shape[-1]])):
             logger.warning("Ignoring the out-of-distribution gate of %s: it was fitted on another network's features "
-                           "(refit it with `python -m train.ood`).", folder)
-            return None
-        return gate
+                           "(%s).", folder, refit)
+            gate = None
+        return reference, gate
 
     @classmethod
     def from_pretrained(
@@ -141,7 +183,7 @@ class PneumoniaClassifier:
             raise ModelLoadError(f"Cannot load the model from `{model_id_or_path}` (damaged or incomplete model folder?): {error}") from None
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ModelLoadError(f"`{model_id_or_path}` is a {model_type} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)}.")
-        onnx_network = load_onnx_runtime(folder, runtime)
+        onnx_network = load_onnx_runtime(folder, runtime, FEATURES_LAYOUT)
         if runtime == "onnx" and onnx_network is None:
             raise ModelLoadError(f"{folder}: no usable {ONNX_FILE} (see the log), and the ONNX runtime was required.")
         if onnx_network is None:  # PyTorch runs the predictions: load it now, so a damaged model fails at start
@@ -190,7 +232,7 @@ class PneumoniaClassifier:
         return torch.softmax(scaled, dim=-1)[:, self.positive_index].numpy()
 
     def logits_and_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One pass gives both the logits and the pooled features the OOD check measures."""
+        """One pass gives both the logits and the features the OOD check measures (`LogitsAndFeatures`)."""
         return (self.onnx_network or LogitsAndFeatures(self.model))(pixel_values)
 
     @torch.inference_mode()

@@ -11,10 +11,10 @@ Three outcomes (`GateOutcome.gate`):
 Signals, strongest first: the DICOM coded facts the reader put in `image.info["dicom"]` (modality, view, body
 part, age: used, never shown or logged); plain image rules (blank, colour, paper-white, noise); and the learned
 gate stored with the model (`ood_gate.safetensors`, fitted by `train.gate`). The learned gate sees a descriptor
-of the image (the grey-level layout of a squashed 64-px thumbnail on an 8x8 grid, plus 15 grey-level statistics)
-and the network's pooled features, and combines a Gaussian density of the training films' descriptors ("unlike
-the training X-rays") with two logistic heads fitted with outlier exposure: "not a frontal chest X-ray" and "an
-adult's film". A model folder without a gate falls back to the Mahalanobis feature reference
+of the image (the grey-level layout of a squashed 64-px thumbnail on an 8x8 grid, plus 17 grey-level statistics)
+and the network's features (pooled, and summaries of earlier stages: `chestxray.classifier.LogitsAndFeatures`), and
+combines a Gaussian density of the training films' descriptors ("unlike the training X-rays") with two logistic
+heads fitted with outlier exposure: "not a frontal chest X-ray" and "an adult's film". A model folder without a gate falls back to the Mahalanobis feature reference
 (`ood_reference.safetensors`) and the rules.
 """
 
@@ -246,7 +246,7 @@ class LinearHead:
 
 @dataclass
 class OodReference:
-    """The fallback for model folders without a gate: distance of pooled features from the training films'."""
+    """The fallback for model folders without a gate: distance of the network's features from the training films'."""
 
     mean: torch.Tensor
     precision: torch.Tensor
@@ -367,10 +367,12 @@ def judge_images(images: Sequence[Image.Image], descriptors: np.ndarray, feature
                  gate: OodGate | None, reference: OodReference | None) -> list[GateOutcome]:
     """The gate's outcome for each image: DICOM facts, then image rules, then the learned gate (or the reference);
     the patient's age, when the header gives it, settles the population of a frontal chest film."""
+    # Each check reads the leading features of its own width: a check fitted before the network's features gained
+    # their stage statistics reads the pooled features alone (chestxray.classifier.PneumoniaClassifier._matching_checks).
     if gate is not None:
-        learned = gate.judge(descriptors, features)
+        learned = gate.judge(descriptors, features[:, : gate.probe_features.shape[-1]])
     elif reference is not None:
-        far = reference.distances(torch.as_tensor(features)) > reference.threshold
+        far = reference.distances(torch.as_tensor(features[:, : reference.mean.shape[0]])) > reference.threshold
         learned = [refusal("unlike_training_xrays") if f else ANSWER for f in far]
     else:
         learned = [ANSWER] * len(images)

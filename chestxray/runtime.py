@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 ONNX_FILE = "onnx/model.onnx"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_HASH_KEY = "source_safetensors_sha256"
+FEATURES_KEY = "ood_features"  # which features the `features` output holds (an older export held fewer)
 RUNTIMES = ("auto", "onnx", "pytorch")
 MATCH_TOLERANCE = 1e-3  # logits and features; float32 kernels differ by ~1e-6
 
@@ -35,7 +36,8 @@ class OnnxRuntimeNetwork:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.weights_hash = self.session.get_modelmeta().custom_metadata_map.get(WEIGHTS_HASH_KEY)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.weights_hash, self.features_layout = metadata.get(WEIGHTS_HASH_KEY), metadata.get(FEATURES_KEY)
 
     def __call__(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, features = self.session.run(["logits", "features"], {"pixel_values": pixel_values.numpy()})
@@ -56,8 +58,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_onnx_runtime(folder: Path, runtime: str = "auto") -> OnnxRuntimeNetwork | None:
-    """The ONNX network of `folder` if there is one, onnxruntime is installed and it was made from its weights."""
+def load_onnx_runtime(folder: Path, runtime: str = "auto", features_layout: str | None = None) -> OnnxRuntimeNetwork | None:
+    """The ONNX network of `folder` if there is one, onnxruntime is installed and it was made from its weights
+    (and, given `features_layout`, gives those features)."""
     path = Path(folder) / ONNX_FILE
     if runtime == "pytorch" or not path.is_file():
         return None
@@ -72,6 +75,11 @@ def load_onnx_runtime(folder: Path, runtime: str = "auto") -> OnnxRuntimeNetwork
     if network.weights_hash != file_sha256(Path(folder) / WEIGHTS_FILE):
         logger.warning("Ignoring %s: it was not exported from this %s (a stale export?); predictions run on PyTorch.",
                        path, WEIGHTS_FILE)
+        return None
+    if features_layout is not None and network.features_layout != features_layout:
+        logger.warning("Ignoring %s: it gives other out-of-distribution features (%s) than this version reads (%s); "
+                       "re-export it with `python -m train.export_onnx --model_dir %s`.", path,
+                       network.features_layout or "the pooled features only", features_layout, folder)
         return None
     return network
 

@@ -43,6 +43,37 @@ def test_one_pass_gives_the_same_logits_as_the_model(classifier):
     assert features.shape[0] == 2 and classifier.ood_reference.mean.shape[0] == features.shape[1]
 
 
+def test_ood_features_are_the_pooled_features_then_earlier_stages(classifier):
+    """The head reads the pooled features first in the vector; the rest summarise states a quarter, half and three
+    quarters through the network (ConvNeXt: stages 1-3 of 4; the 2-layer ViT: layers 1 and 2)."""
+    config = classifier.config
+    if config.model_type == "convnext":
+        pooled, stages = config.hidden_sizes[-1], config.hidden_sizes[:3]
+    else:
+        pooled, stages = config.hidden_size, [config.hidden_size] * 2
+    pixel_values = classifier.pixel_values([synthetic_xray(1, 3), synthetic_xray(0, 4)])
+    with torch.inference_mode():
+        logits, features = classifier.logits_and_features(pixel_values)
+        head = classifier.model.classifier(features[:, :pooled])
+    assert features.shape[1] == pooled + 2 * sum(stages)
+    torch.testing.assert_close(head, logits, atol=1e-4, rtol=1e-4)
+    with torch.inference_mode():
+        states = classifier.model.base_model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+    picked = [1, 2, 3] if config.model_type == "convnext" else [1, 2]
+    positions = [(2, 3) if states[i].ndim == 4 else (1,) for i in picked]
+    expected = torch.cat([f(states[i], p) for i, p in zip(picked, positions)
+                          for f in (lambda x, p: x.mean(p), lambda x, p: x.std(p, correction=0))], dim=1)
+    torch.testing.assert_close(features[:, pooled:], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_ood_features_stay_finite_when_a_stage_is_a_single_position():
+    from chestxray.classifier import stage_statistics
+
+    states = [torch.zeros(2, 3, 4, 4), torch.randn(2, 5, 1, 1), torch.randn(2, 6, 1, 1), torch.randn(2, 7, 1, 1), torch.randn(2, 8, 1, 1)]
+    statistics = torch.cat(stage_statistics(states), dim=1)
+    assert statistics.shape == (2, 2 * (5 + 6 + 7)) and torch.all(statistics.isfinite())
+
+
 def test_grad_cam_covers_the_image_and_overlays_at_its_size(classifier):
     image = synthetic_xray(1, 8, size=96).resize((120, 90))
     heatmap = grad_cam(classifier, image)
@@ -204,6 +235,69 @@ def test_a_stale_or_damaged_onnx_export_falls_back_to_pytorch(trained_model, tmp
         classifier = PneumoniaClassifier.from_pretrained(damaged)
     assert classifier.runtime == "pytorch" and "Ignoring" in caplog.text
     assert classifier.predict([synthetic_xray(1, 9)])[0].decision in ("NORMAL", "PNEUMONIA")
+
+
+def test_a_folder_from_before_the_stage_features_keeps_its_checks_on_the_pooled_features(trained_model, tmp_path, caplog):
+    """A folder exported and fitted when the OOD features were the pooled ones only: its export is not run (it gives
+    fewer features), its reference and gate read the pooled features that lead the new ones, and a check of any other
+    width is set aside with a warning."""
+    import onnx
+    from safetensors.torch import load_file, save_file
+
+    from chestxray.classifier import pooled_width
+    from chestxray.ood import NOT_FRONTAL_CHEST, REFERENCE_FILE, Gaussian, LinearHead, OodGate, image_descriptor, probe_pixels
+    from chestxray.runtime import ONNX_FILE, WEIGHTS_HASH_KEY
+
+    older = _copy_model(trained_model, tmp_path / "older")
+    graph = onnx.load(str(older / ONNX_FILE))
+    weights_hash = {p.key: p.value for p in graph.metadata_props}[WEIGHTS_HASH_KEY]
+    del graph.metadata_props[:]
+    onnx.helper.set_model_props(graph, {WEIGHTS_HASH_KEY: weights_hash})  # as exported before `ood_features`
+    onnx.save(graph, str(older / ONNX_FILE))
+    current = PneumoniaClassifier.from_pretrained(trained_model, runtime="pytorch")
+    pooled = pooled_width(current.config)
+    reference = load_file(older / REFERENCE_FILE)
+    covariance = torch.linalg.inv(reference["precision"])[:pooled, :pooled]  # the pooled features' own reference
+    save_file({"mean": reference["mean"][:pooled].contiguous(), "precision": torch.linalg.inv(covariance).contiguous(),
+               "threshold": reference["threshold"]}, older / REFERENCE_FILE)
+    width = len(image_descriptor(synthetic_xray(1, 9))) + pooled  # an old gate that refuses every image it reads
+    always = LinearHead(np.zeros(width), np.ones(width), np.zeros((1, width)), np.array([10.0]))
+    near = Gaussian(np.zeros(width - pooled), np.zeros((width - pooled,) * 2))
+    probe = current.logits_and_features(probe_pixels(current.image_size))[1].double().numpy()[:, :pooled]
+    thresholds = {"density": 1.0, "adult_density": 1.0, "not_frontal": 0.0, "adult": 20.0}
+    OodGate(near, near, always, always, always, ["other_body_part"], thresholds, probe, {}).save(older)
+    with caplog.at_level("WARNING"):
+        classifier = PneumoniaClassifier.from_pretrained(older)
+    assert classifier.runtime == "pytorch" and "gives other out-of-distribution features" in caplog.text
+    assert classifier.ood_reference.mean.shape[0] == pooled and classifier.gate is not None
+    assert "Ignoring the out-of-distribution" not in caplog.text
+    assert classifier.predict([synthetic_xray(1, 9)])[0].gate == NOT_FRONTAL_CHEST  # the old gate judged it
+    classifier.gate = None  # the old reference alone: it reads the pooled features and accepts a training-like film
+    assert classifier.predict([synthetic_xray(1, 9)])[0].warning is None
+
+    save_file({"mean": reference["mean"][:8].contiguous(), "precision": reference["precision"][:8, :8].contiguous(),
+               "threshold": reference["threshold"]}, older / REFERENCE_FILE)
+    (older / "ood_gate.safetensors").unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        classifier = PneumoniaClassifier.from_pretrained(older)
+    assert classifier.ood_reference is None and "fitted on 8 features" in caplog.text
+    assert classifier.predict([synthetic_xray(1, 9)])[0].decision in ("NORMAL", "PNEUMONIA")
+
+
+def test_runtime_onnx_with_an_export_of_other_features_is_refused_with_the_reason(trained_model, tmp_path, caplog):
+    import onnx
+
+    from chestxray.classifier import ModelLoadError
+    from chestxray.runtime import FEATURES_KEY, ONNX_FILE
+
+    other = _copy_model(trained_model, tmp_path / "other")
+    graph = onnx.load(str(other / ONNX_FILE))
+    onnx.helper.set_model_props(graph, {**{p.key: p.value for p in graph.metadata_props}, FEATURES_KEY: "something else"})
+    onnx.save(graph, str(other / ONNX_FILE))
+    with caplog.at_level("WARNING"), pytest.raises(ModelLoadError, match="ONNX runtime was required"):
+        PneumoniaClassifier.from_pretrained(other, runtime="onnx")
+    assert "(something else)" in caplog.text and f"train.export_onnx --model_dir {other}" in caplog.text
 
 
 def test_export_cli_rewrites_a_matching_onnx_file(trained_model, tmp_path, capsys):

@@ -2,9 +2,10 @@
 
     python -m train.export_onnx --model_dir model
 
-The graph is the one the app runs (`LogitsAndFeatures`: logits and the pooled OOD features) with a
-dynamic batch size. It is checked against the PyTorch weights before it is kept, and records the SHA-256
-of the `model.safetensors` it came from, so that the app never runs it against other weights.
+The graph is the one the app runs (`LogitsAndFeatures`: logits and the OOD features) with a dynamic batch
+size. It is checked against the PyTorch weights before it is kept, and records the SHA-256 of the
+`model.safetensors` it came from and which features it gives, so that the app never runs it against other
+weights or reads other features.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from chestxray.classifier import LogitsAndFeatures, ModelLoadError, PneumoniaClassifier
-from chestxray.runtime import MATCH_TOLERANCE, ONNX_FILE, WEIGHTS_FILE, WEIGHTS_HASH_KEY, OnnxRuntimeNetwork, file_sha256, largest_difference
+from chestxray.classifier import FEATURES_LAYOUT, LogitsAndFeatures, ModelLoadError, PneumoniaClassifier
+from chestxray.runtime import (FEATURES_KEY, MATCH_TOLERANCE, ONNX_FILE, WEIGHTS_FILE, WEIGHTS_HASH_KEY, OnnxRuntimeNetwork,
+                               file_sha256, largest_difference)
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def export_onnx(classifier: PneumoniaClassifier, folder: str | Path, destination
             network, (example,), input_names=["pixel_values"], output_names=["logits", "features"],
             dynamic_shapes={"pixel_values": {0: torch.export.Dim.DYNAMIC}}, dynamo=True, verbose=False)
     graph = program.model_proto
-    onnx.helper.set_model_props(graph, {WEIGHTS_HASH_KEY: file_sha256(Path(folder) / WEIGHTS_FILE)})
+    onnx.helper.set_model_props(graph, {WEIGHTS_HASH_KEY: file_sha256(Path(folder) / WEIGHTS_FILE), FEATURES_KEY: FEATURES_LAYOUT})
     onnx.save(graph, str(path))
     gap = largest_difference(OnnxRuntimeNetwork(path, torch.get_num_threads()), network, size)
     if not gap <= MATCH_TOLERANCE:

@@ -257,7 +257,7 @@ class Described:
 
 
 def describe(classifier: PneumoniaClassifier, items: Iterable[tuple[str, str, Image.Image]], batch_size: int = 64) -> Described:
-    """(kind, group, image) items -> descriptors and pooled features, one forward pass per batch."""
+    """(kind, group, image) items -> descriptors and the network's OOD features, one forward pass per batch."""
     described, batch = Described(), []
 
     def flush():

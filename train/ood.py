@@ -1,6 +1,6 @@
 """Fit what a model folder needs to know when not to answer.
 
-- `ood_reference.safetensors`: the Mahalanobis reference of the training films' pooled features (the fallback);
+- `ood_reference.safetensors`: the Mahalanobis reference of the training films' features (the fallback);
 - with `--ood_dir` (development folders `ood/<kind>/` and `adult_nih/`): the learned gate, `ood_gate.safetensors`
   with `ood_gate.json` (thresholds, provenance, rates measured on the held-out parts) and `ood_gate_splits.json`
   (what was held out), see `train.gate`.

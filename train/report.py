@@ -25,7 +25,7 @@ def load_metric():
 
 
 def dataset_logits(classifier: PneumoniaClassifier, dataset: Dataset, batch_size: int = 64, with_features: bool = False):
-    """Logits (numpy) of every image, and with `with_features` the pooled features (torch) from the same pass."""
+    """Logits (numpy) of every image, and with `with_features` the OOD features (torch) from the same pass."""
     logits, features = [], []
     for start in range(0, len(dataset), batch_size):
         images = [load_image(cell) for cell in dataset[start : start + batch_size]["image"]]
