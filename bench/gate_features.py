@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from chestxray import PneumoniaClassifier  # noqa: E402
-from chestxray.classifier import STAGE_DEPTHS  # noqa: E402
+from chestxray.classifier import position_statistics, stage_indices  # noqa: E402
 from chestxray.runtime import WEIGHTS_FILE, file_sha256  # noqa: E402
 from train.data import drop_unreadable, load_raw_dataset, split_membership  # noqa: E402
 from train.gate import (Described, GateArguments, describe, development_split, fit_gate, leave_one_kind_out,  # noqa: E402
@@ -30,7 +30,7 @@ from train.gate import (Described, GateArguments, describe, development_split, f
 from train.ood import dataset_films  # noqa: E402
 
 STAGES = (1, 2, 3, 4)
-DEFAULT_STAGES = sorted({max(1, round(len(STAGES) * depth)) for depth in STAGE_DEPTHS})  # as stage_statistics picks
+DEFAULT_STAGES = stage_indices(len(STAGES))  # as chestxray.classifier.stage_statistics picks
 # name -> the blocks of the cached vector it reads ("default" is what chestxray.classifier.LogitsAndFeatures gives)
 FEATURE_SETS = {
     "pooled": ["pooled"],
@@ -46,10 +46,7 @@ def every_stage(network):
     """(logits, the pooled features and every stage's mean and spread) in one pass, and each block's width."""
     def forward(pixel_values: torch.Tensor):
         outputs = network.base_model(pixel_values=pixel_values, output_hidden_states=True)
-        parts = [outputs.pooler_output]
-        for stage in STAGES:
-            state = outputs.hidden_states[stage]
-            parts += [state.mean((2, 3)), state.std((2, 3), correction=0)]
+        parts = [outputs.pooler_output] + [s for stage in STAGES for s in position_statistics(outputs.hidden_states[stage])]
         return network.classifier(outputs.pooler_output), torch.cat(parts, 1)
 
     sizes = network.config.hidden_sizes

@@ -78,18 +78,23 @@ STAGE_DEPTHS = (0.25, 0.5, 0.75)
 FEATURES_LAYOUT = f"pooled+stage_statistics{STAGE_DEPTHS}+population_std"  # recorded in the ONNX export (chestxray.runtime)
 
 
+def stage_indices(last: int) -> list[int]:
+    """Which of hidden states 1..`last` sit at `STAGE_DEPTHS` of the network (hidden state 0 is the embedding;
+    EfficientNet: the stem): ConvNeXt stages 1-3 of 4; ViT layers 3, 6 and 9 of 12; EfficientNet-Lite0 blocks 4, 8
+    and 12 of 16 (rounded half to even)."""
+    return sorted({max(1, round(last * depth)) for depth in STAGE_DEPTHS})
+
+
+def position_statistics(state: torch.Tensor) -> list[torch.Tensor]:
+    """Mean and standard deviation over the positions of maps (N, C, H, W) or tokens (N, L, C). The population
+    deviation: a 1x1 map (a small input) gives 0, not NaN, which would silence every check."""
+    positions = (2, 3) if state.ndim == 4 else (1,)
+    return [state.mean(positions), state.std(positions, correction=0)]
+
+
 def stage_statistics(hidden_states: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Mean and standard deviation over positions of the hidden states at `STAGE_DEPTHS` of the network
-    (ConvNeXt: stages 1-3 of 4; ViT: layers 3, 6 and 9 of 12; EfficientNet-Lite0: blocks 4, 8 and 12 of 16; the
-    index is rounded half to even); maps (N, C, H, W) or tokens (N, L, C). The population deviation: a 1x1 map
-    (a small input) gives 0, not NaN, which would silence every check."""
-    last = len(hidden_states) - 1  # hidden_states[0] is the embedding (EfficientNet: the stem)
-    statistics = []
-    for index in sorted({max(1, round(last * depth)) for depth in STAGE_DEPTHS}):
-        state = hidden_states[index]
-        positions = (2, 3) if state.ndim == 4 else (1,)
-        statistics += [state.mean(positions), state.std(positions, correction=0)]
-    return statistics
+    """`position_statistics` of the hidden states at `stage_indices`."""
+    return [s for index in stage_indices(len(hidden_states) - 1) for s in position_statistics(hidden_states[index])]
 
 
 def pooled_width(config) -> int:
@@ -156,12 +161,11 @@ class PneumoniaClassifier:
         probe = self.logits_and_features(probe_pixels(self.image_size))[1].double().numpy()
         widths = {probe.shape[1], pooled_width(self.config)}
         refit = f"refit it with `python -m train.ood --model_dir {folder} --data_dir ... --ood_dir ...`"
-        if reference is not None and reference.mean.shape[0] not in widths:
+        if reference is not None and reference.feature_width not in widths:
             logger.warning("Ignoring the out-of-distribution reference of %s: it was fitted on %d features, the network "
-                           "gives %d (%s).", folder, reference.mean.shape[0], probe.shape[1], refit)
+                           "gives %d (%s).", folder, reference.feature_width, probe.shape[1], refit)
             reference = None
-        if gate is not None and not (gate.probe_features.shape[-1] in widths
-                                     and gate_matches(gate, probe[:, : gate.probe_features.shape[-1]])):
+        if gate is not None and not (gate.feature_width in widths and gate_matches(gate, probe[:, : gate.feature_width])):
             logger.warning("Ignoring the out-of-distribution gate of %s: it was fitted on another network's features "
                            "(%s).", folder, refit)
             gate = None

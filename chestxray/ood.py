@@ -14,8 +14,8 @@ gate stored with the model (`ood_gate.safetensors`, fitted by `train.gate`). The
 of the image (the grey-level layout of a squashed 64-px thumbnail on an 8x8 grid, plus 17 grey-level statistics)
 and the network's features (pooled, and summaries of earlier stages: `chestxray.classifier.LogitsAndFeatures`), and
 combines a Gaussian density of the training films' descriptors ("unlike the training X-rays") with two logistic
-heads fitted with outlier exposure: "not a frontal chest X-ray" and "an adult's film". A model folder without a gate falls back to the Mahalanobis feature reference
-(`ood_reference.safetensors`) and the rules.
+heads fitted with outlier exposure: "not a frontal chest X-ray" and "an adult's film". A model folder without a gate
+falls back to the Mahalanobis feature reference (`ood_reference.safetensors`) and the rules.
 """
 
 from __future__ import annotations
@@ -252,6 +252,11 @@ class OodReference:
     precision: torch.Tensor
     threshold: float
 
+    @property
+    def feature_width(self) -> int:
+        """How many of the network's leading features it reads."""
+        return self.mean.shape[0]
+
     def distances(self, features: torch.Tensor) -> np.ndarray:
         centred = features.double() - self.mean
         return torch.sqrt(torch.einsum("nd,de,ne->n", centred, self.precision, centred).clamp_min(0)).numpy()
@@ -282,6 +287,11 @@ class OodGate:
     thresholds: dict[str, float]  # density, adult_density, not_frontal, adult, adult_not_frontal
     probe_features: np.ndarray  # the network's features on a fixed probe: the gate belongs to this backbone
     config: dict  # everything else in ood_gate.json (provenance, measured rates)
+
+    @property
+    def feature_width(self) -> int:
+        """How many of the network's leading features it reads."""
+        return self.probe_features.shape[-1]
 
     def judge(self, descriptors: np.ndarray, features: np.ndarray) -> list[GateOutcome]:
         inputs = np.hstack([descriptors, features])
@@ -370,9 +380,9 @@ def judge_images(images: Sequence[Image.Image], descriptors: np.ndarray, feature
     # Each check reads the leading features of its own width: a check fitted before the network's features gained
     # their stage statistics reads the pooled features alone (chestxray.classifier.PneumoniaClassifier._matching_checks).
     if gate is not None:
-        learned = gate.judge(descriptors, features[:, : gate.probe_features.shape[-1]])
+        learned = gate.judge(descriptors, features[:, : gate.feature_width])
     elif reference is not None:
-        far = reference.distances(torch.as_tensor(features[:, : reference.mean.shape[0]])) > reference.threshold
+        far = reference.distances(torch.as_tensor(features[:, : reference.feature_width])) > reference.threshold
         learned = [refusal("unlike_training_xrays") if f else ANSWER for f in far]
     else:
         learned = [ANSWER] * len(images)

@@ -237,23 +237,31 @@ def test_a_stale_or_damaged_onnx_export_falls_back_to_pytorch(trained_model, tmp
     assert classifier.predict([synthetic_xray(1, 9)])[0].decision in ("NORMAL", "PNEUMONIA")
 
 
+def _rewrite_onnx_metadata(folder, change) -> None:
+    """Replace the export's metadata with `change(old metadata)`, as another version would have written it."""
+    import onnx
+
+    from chestxray.runtime import ONNX_FILE
+
+    graph = onnx.load(str(folder / ONNX_FILE))
+    props = change({p.key: p.value for p in graph.metadata_props})
+    del graph.metadata_props[:]
+    onnx.helper.set_model_props(graph, props)
+    onnx.save(graph, str(folder / ONNX_FILE))
+
+
 def test_a_folder_from_before_the_stage_features_keeps_its_checks_on_the_pooled_features(trained_model, tmp_path, caplog):
     """A folder exported and fitted when the OOD features were the pooled ones only: its export is not run (it gives
     fewer features), its reference and gate read the pooled features that lead the new ones, and a check of any other
     width is set aside with a warning."""
-    import onnx
     from safetensors.torch import load_file, save_file
 
     from chestxray.classifier import pooled_width
     from chestxray.ood import NOT_FRONTAL_CHEST, REFERENCE_FILE, Gaussian, LinearHead, OodGate, image_descriptor, probe_pixels
-    from chestxray.runtime import ONNX_FILE, WEIGHTS_HASH_KEY
+    from chestxray.runtime import WEIGHTS_HASH_KEY
 
     older = _copy_model(trained_model, tmp_path / "older")
-    graph = onnx.load(str(older / ONNX_FILE))
-    weights_hash = {p.key: p.value for p in graph.metadata_props}[WEIGHTS_HASH_KEY]
-    del graph.metadata_props[:]
-    onnx.helper.set_model_props(graph, {WEIGHTS_HASH_KEY: weights_hash})  # as exported before `ood_features`
-    onnx.save(graph, str(older / ONNX_FILE))
+    _rewrite_onnx_metadata(older, lambda props: {WEIGHTS_HASH_KEY: props[WEIGHTS_HASH_KEY]})  # before `ood_features`
     current = PneumoniaClassifier.from_pretrained(trained_model, runtime="pytorch")
     pooled = pooled_width(current.config)
     reference = load_file(older / REFERENCE_FILE)
@@ -286,15 +294,11 @@ def test_a_folder_from_before_the_stage_features_keeps_its_checks_on_the_pooled_
 
 
 def test_runtime_onnx_with_an_export_of_other_features_is_refused_with_the_reason(trained_model, tmp_path, caplog):
-    import onnx
-
     from chestxray.classifier import ModelLoadError
-    from chestxray.runtime import FEATURES_KEY, ONNX_FILE
+    from chestxray.runtime import FEATURES_KEY
 
     other = _copy_model(trained_model, tmp_path / "other")
-    graph = onnx.load(str(other / ONNX_FILE))
-    onnx.helper.set_model_props(graph, {**{p.key: p.value for p in graph.metadata_props}, FEATURES_KEY: "something else"})
-    onnx.save(graph, str(other / ONNX_FILE))
+    _rewrite_onnx_metadata(other, lambda props: {**props, FEATURES_KEY: "something else"})
     with caplog.at_level("WARNING"), pytest.raises(ModelLoadError, match="ONNX runtime was required"):
         PneumoniaClassifier.from_pretrained(other, runtime="onnx")
     assert "(something else)" in caplog.text and f"train.export_onnx --model_dir {other}" in caplog.text
