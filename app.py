@@ -62,6 +62,7 @@ BATCH_TIME_BUDGET_S = 60  # one batch holds the batch worker at most about this 
 # Batches waiting behind the running one; more are turned away at once, so batches cannot fill the shared queue
 # (64 events) and single X-rays always find room. One page (on a Space, one client) may have one batch waiting.
 MAX_WAITING_BATCHES = 4
+SINGLE_XRAY = "single_xray"  # the concurrency group of every one-file event (one at a time between them)
 # Requests one client (an address; on a Space, as Hugging Face's proxy saw it) may have waiting: on a Space 16 of
 # the queue's 64, elsewhere no limit (a load test from one machine is many users at one address).
 MAX_WAITING_PER_CLIENT = int(os.environ.get("MAX_WAITING_PER_CLIENT", "16" if os.environ.get("SPACE_ID") else "0"))
@@ -354,6 +355,10 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
 
     with gr.Blocks(title="Pneumonia on chest X-rays") as demo:
         gr.Markdown("# Pneumonia on paediatric chest X-rays\n" + DISCLAIMER, elem_id="header")
+        if classifier.missing_gate_warning():  # a model folder trained without the gate: say so where people look
+            gr.Markdown("⚠ **This model has no learned check for images it must not answer**: lateral views, other "
+                        "body parts and adults' films can get a NORMAL/PNEUMONIA answer. Upload frontal chest X-rays of "
+                        "children only.", elem_id="missing-gate")
         with gr.Tab("Single X-ray"):
             with gr.Row(equal_height=True):
                 with gr.Column():
@@ -378,13 +383,16 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
                             api_visibility="private")  # the page's own: no API endpoint
             with gr.Accordion("JSON (as returned by the /predict API)", open=False):
                 answer = gr.JSON(label="Prediction")
+            # The page's event and its API twins share one worker (SINGLE_XRAY): each holds at most one decoded upload,
+            # so four requests of the worst admissible file at once cannot hold four of them in memory.
             upload.change(show_upload, upload, [preview, confidences, decision, heatmap, legend, answer],
-                          api_visibility="private", show_progress="minimal", validator=admit_single)
+                          api_visibility="private", show_progress="minimal", validator=admit_single, concurrency_id=SINGLE_XRAY)
             # API-only twins of the page: one file in, the answer out.
             predict_trigger = gr.Button(visible=False)
-            predict_trigger.click(predict, upload, answer, api_name="predict", validator=admit_single)
+            predict_trigger.click(predict, upload, answer, api_name="predict", validator=admit_single, concurrency_id=SINGLE_XRAY)
             analyse_trigger = gr.Button(visible=False)
-            analyse_trigger.click(analyse, upload, [confidences, decision, heatmap, answer], api_name="analyse", validator=admit_single)
+            analyse_trigger.click(analyse, upload, [confidences, decision, heatmap, answer], api_name="analyse", validator=admit_single,
+                                  concurrency_id=SINGLE_XRAY)
         with gr.Tab("Batch"):
             batch_upload = gr.File(label=f"Up to {MAX_BATCH_FILES} X-rays", file_count="multiple", type="filepath",
                                    elem_id="batch-upload")
@@ -587,8 +595,21 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def return_freed_memory_to_the_system() -> None:
+    """glibc raises its mmap threshold after each large free, so the next big upload's pixels come from a heap that
+    never shrinks: the server stayed at 1.9 GB after a few worst-case files. Fixing the threshold at 1 MB keeps every
+    decoded image in its own mapping, handed back when it is freed. Elsewhere than glibc: nothing to do."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return_freed_memory_to_the_system()
     stop_on_sigterm()
     remove_stale_folders()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
@@ -598,6 +619,8 @@ def main() -> None:
     except ModelLoadError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    if classifier.missing_gate_warning():
+        logger.warning(classifier.missing_gate_warning())
     classifier.predict([Image.new("L", (classifier.image_size, classifier.image_size), 128)])  # warm-up
     model_name = "bundled model" if model_id == DEFAULT_MODEL else model_id
     uploads = UploadFolder(UPLOAD_DIR)

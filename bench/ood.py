@@ -29,6 +29,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from chestxray import PneumoniaClassifier, read_image  # noqa: E402
 from chestxray.ood import image_descriptor, judge_images  # noqa: E402
+from train.card import rate_interval  # noqa: E402
 from train.gate import FILM_TRANSFORMS, SPLITS_FILE, SYNTHETIC_NOT_XRAYS, as_upload, rates  # noqa: E402
 from train.shifts import SHIFTS  # noqa: E402
 
@@ -42,7 +43,9 @@ def outcomes(classifier: PneumoniaClassifier, images: list[Image.Image]) -> list
 def row(name: str, predictions: list) -> str:
     r = rates(predictions)
     reasons = ", ".join(f"{code} {count}" for code, count in r["reasons"].items())
-    return f"| {name} | {r['images']} | {r['flagged']:.1%} | {r['not_frontal_chest']:.1%} | {r['outside_population']:.1%} | {reasons} |"
+    low, high = rate_interval(r["flagged"], r["images"]) or (float("nan"), float("nan"))
+    return (f"| {name} | {r['images']} | {r['flagged']:.1%} ({low:.1%}–{high:.1%}) | {r['not_frontal_chest']:.1%} | "
+            f"{r['outside_population']:.1%} | {reasons} |")
 
 
 def gate_cost_ms(classifier: PneumoniaClassifier, image: Image.Image, runs: int) -> float:
@@ -76,7 +79,8 @@ def main() -> None:
     classifier = PneumoniaClassifier.from_pretrained(args.model)
     model, data = Path(args.model), Path(args.data)
     print(f"model {args.model}: {'learned gate' if classifier.gate else 'no learned gate (feature reference and rules)'}\n")
-    print("| input | images | flagged | no decision | population warning | reasons |\n|---|---|---|---|---|---|")
+    print("| input | images | flagged (95 % Wilson interval) | no decision | population warning | reasons |\n"
+          "|---|---|---|---|---|---|")
     started = time.perf_counter()
     split_file = model / SPLITS_FILE
     if split_file.is_file() and data.is_dir():

@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if classifier.missing_gate_warning():
+        print(f"warning: {classifier.missing_gate_warning()}", file=sys.stderr)
     with tqdm(total=len(files), unit="image", file=sys.stderr) as bar:
         results = predict_files(classifier, [(str(f), f) for f in files], args.batch_size, progress=bar.update)
     width = min(60, max(len(r.file) for r in results))

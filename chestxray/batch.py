@@ -67,7 +67,7 @@ def predict_files(classifier: PneumoniaClassifier, files: Sequence[tuple[str, st
                 results.append(result)
                 continue
             try:
-                images.append(classifier.read(path, name=name))
+                images.append(classifier.shrink(classifier.read(path, name=name)))  # one full-size image at a time
                 readable.append(result)
             except ImageReadError as error:
                 result.error = str(error)

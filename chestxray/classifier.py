@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from chestxray.imaging import ImageSource, read_image
-from chestxray.ood import (ANSWER, FRONTAL_CHEST, NOT_FRONTAL_CHEST, GateOutcome, OodGate, OodReference, gate_matches,
+from chestxray.ood import (ANSWER, FRONTAL_CHEST, GATE_FILE, NOT_FRONTAL_CHEST, GateOutcome, OodGate, OodReference, gate_matches,
                            image_descriptor, judge_images, probe_pixels)
 from chestxray.preprocess import Preprocessing
 from chestxray.runtime import ONNX_FILE, RUNTIMES, OnnxRuntimeNetwork, first_line, load_onnx_runtime
@@ -171,6 +171,16 @@ class PneumoniaClassifier:
             gate = None
         return reference, gate
 
+    def missing_gate_warning(self) -> str | None:
+        """What whoever serves this model must know when it has no learned gate (a folder trained without
+        `--ood_dir`, or one whose gate belongs to another network): it will answer images it should refuse."""
+        if self.gate is not None:
+            return None
+        return (f"{self.source or 'This model'} has no usable learned out-of-distribution gate ({GATE_FILE}): only the "
+                "image rules and the feature distance judge what may be answered, so lateral views, other body parts "
+                "and adults' films can get a decision. Fit one with `python -m train.ood --model_dir MODEL --data_dir "
+                "TRAINING_DATA --ood_dir DEVELOPMENT_IMAGES`.")
+
     @classmethod
     def from_pretrained(
         cls, model_id_or_path: str | Path, revision: str | None = None, runtime: str = "auto"
@@ -258,9 +268,12 @@ class PneumoniaClassifier:
         return Prediction(float(pneumonia_probability), decision, self.threshold, outcome.gate, outcome.reason, outcome.message)
 
     def predict(self, images: Sequence[Image.Image], batch_size: int = 16) -> list[Prediction]:
-        """Calibrated decisions behind the gate (chestxray.ood), from one forward pass per batch."""
+        """Calibrated decisions behind the gate (chestxray.ood), from one forward pass per batch. Every image is first
+        reduced as the network would reduce it, so a batch (which shrinks its images as it reads them, to hold 16
+        uploads in memory) and a single upload are judged on the same pixels."""
         if not images:
             return []
+        images = [self.shrink(image) for image in images]
         logits, features = self.logits(images, batch_size, with_features=True)
         probabilities = self.calibrated_probabilities(logits)
         descriptors = np.vstack([image_descriptor(image) for image in images])
@@ -293,7 +306,8 @@ def resolve_model_folder(model_id_or_path: str | Path, revision: str | None = No
         folder = Path(snapshot_download(str(model_id_or_path), revision=revision, allow_patterns=HUB_ALLOW_PATTERNS))
     except LocalEntryNotFoundError:
         raise ModelLoadError(
-            f"Cannot download `{model_id_or_path}` from the Hugging Face Hub (offline, and not in the local cache)."
+            f"`{model_id_or_path}` is not a folder here, and as a Hub repo id it cannot be downloaded from the Hugging "
+            "Face Hub (offline, and not in the local cache)."
         ) from None
     except (HfHubHTTPError, OSError) as error:
         raise ModelLoadError(f"Cannot download `{model_id_or_path}` from the Hugging Face Hub: {error}") from None

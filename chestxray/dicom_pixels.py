@@ -70,7 +70,10 @@ def decode_pixels(pixel_data: bytes, module: PixelModule, name: str, limits: Rea
                                      "its header says).")
         # The first frame alone: pydicom decodes every further frame an offset table lists, unchecked.
         pixel_data = encapsulate([frame])
-    pixels = _pixel_dataset(pixel_data, module).pixel_array
+    dataset = _pixel_dataset(pixel_data, module)
+    if _kept_as_ybr(module):
+        dataset.pixel_array_options(raw=True)  # pydicom's YBR -> RGB runs in float64: ~1 GB for a 30 MP film
+    pixels = dataset.pixel_array
     if pixels.shape[:2] != (module.rows, module.columns):
         raise ImageReadError(f"`{name}`: the DICOM pixel data cannot be decoded (it does not match its header).")
     return pixels
@@ -78,6 +81,11 @@ def decode_pixels(pixel_data: bytes, module: PixelModule, name: str, limits: Rea
 
 def grey_image(pixels: np.ndarray, levels: Dataset, module: PixelModule) -> tuple[Image.Image, float]:
     """The 8-bit grey image and its colourfulness. `levels` holds the rescale, window and LUT elements that parsed."""
+    if module.samples == 3 and _kept_as_ybr(module):
+        # Y is the luma Pillow's convert("L") computes from RGB; the colour is judged on a strided thumbnail
+        step = max(1, min(module.rows, module.columns) // 256)
+        small = Image.fromarray(np.ascontiguousarray(pixels[::step, ::step], dtype=np.uint8), mode="YCbCr").convert("RGB")
+        return Image.fromarray(np.ascontiguousarray(pixels[..., 0], dtype=np.uint8)), colourfulness(small)
     if module.samples == 3:
         rgb = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
         return rgb.convert("L"), colourfulness(colour_thumbnail(rgb))
@@ -88,6 +96,13 @@ def grey_image(pixels: np.ndarray, levels: Dataset, module: PixelModule) -> tupl
         domain = np.arange(2 ** (8 * pixels.dtype.itemsize), dtype=unsigned.dtype).view(pixels.dtype)
         grey = apply_lut(unsigned, _grey_lut(domain, levels, pixels.min(), pixels.max()))
     return (ImageOps.invert(grey) if module.photometric == "MONOCHROME1" else grey), 0.0
+
+
+def _kept_as_ybr(module: PixelModule) -> bool:
+    """Native (uncompressed, deflated or RLE) YBR_FULL pixels, decoded without pydicom's conversion to RGB: their
+    first sample is the grey the model reads. A compressed frame's decoder chooses its own colour space: left to it."""
+    return module.samples == 3 and module.photometric in ("YBR_FULL", "YBR_FULL_422") and (
+        not module.transfer_syntax.is_encapsulated or module.transfer_syntax == RLELossless)
 
 
 def _decodable(syntax: UID) -> bool:

@@ -21,6 +21,7 @@ from chestxray.upload import (
     SUPPORTED_FORMATS,
     ImageReadError,
     ReadLimits,
+    check_container,
     check_decoded_bytes,
     check_geometry,
     check_jpeg_scans,
@@ -122,6 +123,7 @@ def _file_too_big(name: str, limits: ReadLimits) -> str:
 
 
 def _read_raster(data: bytes, name: str, limits: ReadLimits, min_side: int | None) -> Image.Image:
+    check_container(data, name, limits)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's notes on damaged metadata are no business of the sender

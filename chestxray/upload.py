@@ -6,6 +6,7 @@ The image readers (`chestxray.imaging` for PNG, JPEG, TIFF, BMP, WebP; `chestxra
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -36,6 +37,13 @@ class ReadLimits:
     # A progressive JPEG is decoded scan by scan, each over the whole image (~1.6 ms a scan at 30 MP even when a
     # scan holds nothing): encoders write about 10, and 100 cost ~0.2 s.
     max_jpeg_scans: int = 100
+    # Pillow parses a JPEG's segments before its first scan, and a PNG's chunks, one by one in Python (~1 µs each):
+    # a 24 MB run of FF fill bytes or 6 M empty segments took 6-10 s and up to 0.8 GB. Encoders write tens of segments
+    # and no fill to speak of; libpng splits the image data into 8 KB chunks (3,200 in a 25 MB PNG).
+    max_jpeg_header_markers: int = 1_000
+    max_jpeg_fill_bytes: int = 65_536
+    max_png_chunks: int = 100_000
+    max_png_ancillary_chunks: int = 1_000
 
     @property
     def max_decoded_bytes(self) -> int:
@@ -46,6 +54,8 @@ SUPPORTED_FORMATS = "PNG, JPEG, TIFF, BMP, WebP or DICOM"
 _UNSAFE_CHARACTERS = {"Cc", "Cf", "Co", "Cs", "Zl", "Zp"}  # control, format (bidi overrides), private, line breaks
 _MAX_NAME_LENGTH = 120
 _CHUNK_PIXELS = 1 << 20  # pixels converted at a time: temporaries stay at a few MB whatever the image size
+_FILL = re.compile(rb"\xff+")  # a JPEG marker, after any number of fill bytes
+_STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD9)}  # markers without a length: TEM, RSTn, SOI
 
 
 def check_jpeg_scans(data: bytes, name: str, limits: ReadLimits) -> None:
@@ -56,6 +66,54 @@ def check_jpeg_scans(data: bytes, name: str, limits: ReadLimits) -> None:
     if scans > limits.max_jpeg_scans:
         raise ImageReadError(f"`{name}` is a JPEG of {scans:,} scans, slower to decode than this app allows (encoders write "
                              "about 10); save it again as an ordinary JPEG or as PNG and upload that.")
+
+
+def check_container(data: bytes, name: str, limits: ReadLimits) -> None:
+    """Refuses, before any parser sees it, a JPEG or PNG whose segments or chunks alone would hold the worker for
+    seconds: what Pillow walks in Python is counted here at C speed (JPEG) or with a loop that stops at the limit."""
+    if data.startswith(b"\xff\xd8"):
+        _check_jpeg_header(data, name, limits)
+    elif data.startswith(b"\x89PNG\r\n\x1a\n"):
+        _check_png_chunks(data, name, limits)
+
+
+def _check_jpeg_header(data: bytes, name: str, limits: ReadLimits) -> None:
+    """Walks the segments before the first scan as Pillow does (by their lengths, so markers inside an EXIF
+    thumbnail are skipped), stopping at the limit: bounded work whatever the file."""
+    offset, markers, fill = 2, 0, 0
+    while offset < len(data) and markers <= limits.max_jpeg_header_markers and fill <= limits.max_jpeg_fill_bytes:
+        run = _FILL.match(data, offset)
+        if run is None or run.end() >= len(data):
+            return  # not a marker where one belongs: damaged, which the decoder says in its own words
+        fill += run.end() - offset - 1
+        marker, offset = data[run.end()], run.end() + 1
+        if marker == 0xDA:
+            return
+        markers += 1
+        if marker not in _STANDALONE_MARKERS:
+            offset += int.from_bytes(data[offset : offset + 2], "big")
+    if markers > limits.max_jpeg_header_markers or fill > limits.max_jpeg_fill_bytes:
+        what = (f"more than {limits.max_jpeg_header_markers:,} segments" if markers > limits.max_jpeg_header_markers
+                else f"more than {limits.max_jpeg_fill_bytes:,} fill bytes")
+        raise ImageReadError(f"`{name}` is a JPEG whose header holds {what}, far more than any camera or scanner "
+                             "writes, and slower to read than this app allows; save it again as an ordinary JPEG or as "
+                             "PNG and upload that.")
+
+
+def _check_png_chunks(data: bytes, name: str, limits: ReadLimits) -> None:
+    offset, chunks, ancillary = 8, 0, 0
+    while offset + 8 <= len(data) and chunks <= limits.max_png_chunks and ancillary <= limits.max_png_ancillary_chunks:
+        length, kind = int.from_bytes(data[offset : offset + 4], "big"), data[offset + 4 : offset + 8]
+        if kind == b"IEND":
+            return
+        chunks += 1
+        ancillary += kind not in (b"IDAT", b"IHDR", b"PLTE")
+        offset += 12 + length
+    if chunks > limits.max_png_chunks or ancillary > limits.max_png_ancillary_chunks:
+        what = (f"more than {limits.max_png_chunks:,} chunks" if chunks > limits.max_png_chunks
+                else f"more than {limits.max_png_ancillary_chunks:,} chunks besides its image data")
+        raise ImageReadError(f"`{name}` is a PNG of {what}, far more than any encoder writes, and slower to read "
+                             "than this app allows; save it again as an ordinary PNG and upload that.")
 
 
 def display_name(name: str) -> str:

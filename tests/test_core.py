@@ -140,6 +140,22 @@ def test_cli_predicts_folders_and_files_and_writes_csv(trained_model, tmp_path, 
     assert "P(pneumonia)" in capsys.readouterr().out
 
 
+def test_a_batch_holds_reduced_copies_and_answers_as_a_single_upload_does(trained_model, tmp_path):
+    """16 full-size uploads at once held 2.4 GB: a batch now reduces each image as it reads it, and the single path
+    judges the same reduced pixels, so both give one answer."""
+    from chestxray.batch import predict_files
+
+    classifier = PneumoniaClassifier.from_pretrained(trained_model)
+    synthetic_xray(1, 5, size=1000).resize((1000, 800)).save(tmp_path / "big.png")
+    held = []
+    predict = classifier.predict
+    classifier.predict = lambda images, batch_size=16: held.extend(image.size for image in images) or predict(images, batch_size)
+    (row,) = predict_files(classifier, [("big.png", tmp_path / "big.png")])
+    assert held and max(held[0]) < 4 * classifier.image_size  # not the 1000x800 upload
+    single = predict([classifier.read(tmp_path / "big.png")])[0]
+    assert row.pneumonia_probability == round(single.pneumonia_probability, 4) and row.decision == single.decision
+
+
 def test_cli_reports_unreadable_files_and_exits_1(trained_model, tmp_path, capsys):
     good, bad = tmp_path / "good.png", tmp_path / "bad.png"
     synthetic_xray(0, 1).save(good)
@@ -147,6 +163,34 @@ def test_cli_reports_unreadable_files_and_exits_1(trained_model, tmp_path, capsy
     assert cli_main(["predict", str(good), str(bad), "--model", str(trained_model)]) == 1
     captured = capsys.readouterr()
     assert "is not an image" in captured.out and "1 of 2 files could not be read" in captured.err
+
+
+def test_a_model_without_a_learned_gate_says_so_where_it_serves(trained_model, tmp_path, capsys):
+    """A folder trained without --ood_dir answers hands and lateral views: the CLI and the app must say so."""
+    import httpx
+
+    import app
+    from conftest import free_port
+
+    classifier = PneumoniaClassifier.from_pretrained(trained_model)
+    assert classifier.gate is None and "python -m train.ood" in classifier.missing_gate_warning()
+    synthetic_xray(0, 1).save(tmp_path / "a.png")
+    assert cli_main(["predict", str(tmp_path / "a.png"), "--model", str(trained_model)]) == 0
+    assert "has no usable learned out-of-distribution gate" in capsys.readouterr().err
+    demo = app.build_demo(classifier, "tiny-test-model")
+    port = free_port()
+    app.serve(demo, "127.0.0.1", port, quiet=True)
+    try:
+        assert "no learned check for images it must not answer" in httpx.get(f"http://127.0.0.1:{port}/config", timeout=30).text
+    finally:
+        demo.close()
+
+
+def test_the_bundled_model_carries_its_gate_so_no_such_warning():
+    from pathlib import Path
+
+    bundled = PneumoniaClassifier.from_pretrained(Path(__file__).resolve().parents[1] / "model")
+    assert bundled.gate is not None and bundled.missing_gate_warning() is None
 
 
 def test_cli_with_a_missing_model_is_one_line(tmp_path, capsys):

@@ -36,9 +36,14 @@ def test_accelerate_launch_trains_and_only_the_main_process_writes_the_folder(ti
     assert result.returncode == 0, log[-3000:]
     started = len(re.findall(r"INFO train: train: \d+ images", log))  # each process logs its data once
     assert started == (processes or started) and started >= 1
+    if started > 1:
+        assert log.count(f"Training on {started} processes") == started
+    else:  # accelerate's CPU launcher asked for 2 and started 1: whoever launched it is told, with the command that works
+        assert "One training process, although the launcher was asked for several" in log
     assert log.count("Model folder written to") == 1
     summary = json.loads((output_dir / "training_summary.json").read_text())
     assert summary["hyperparameters"]["batch size"] == 4 * started  # per device x processes
+    assert summary["hardware"].endswith(f"x {started} processes") == (started > 1)
     assert len(summary.get("draws", [None])) == draws  # one draw writes no table of draws
     assert not (output_dir / "draws").exists()
     for name in ("config.json", "model.safetensors", "metrics_validation.json", "robustness_validation.json", "README.md"):

@@ -165,6 +165,12 @@ def test_one_command_runs_the_recipe_from_imagenet_weights_to_student(tiny_image
     summary = json.loads((tmp_path / "student" / "training_summary.json").read_text())
     taught_by = summary["hyperparameters"]["knowledge distillation"]
     assert summary["model_type"] == "convnext" and summary["base_model_local"]
+    # The student's head carries the scratch teacher's calibration and its own on top: the card reports the total.
+    folded = json.loads((tmp_path / "student" / "config.json").read_text())["calibration_folded_into_head"]
+    teacher_folded = json.loads((tmp_path / "teacher-convnext" / "config.json").read_text())["calibration_folded_into_head"]
+    point = summary["operating_point"]
+    assert (point["temperature"], point["bias"]) == pytest.approx((folded["temperature"], folded["bias"]))
+    assert folded["temperature"] != pytest.approx(teacher_folded["temperature"])  # a second fit went on top
     assert taught_by.startswith("from teacher-lite0, teacher-convnext (logits averaged)")
     card = (tmp_path / "student" / "README.md").read_text()
     assert "Fine-tuned from `teacher-convnext`, a local model folder (not on the Hub)." in card

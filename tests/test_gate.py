@@ -22,6 +22,7 @@ from chestxray import PneumoniaClassifier, read_image
 from chestxray.batch import predict_files, write_csv
 from chestxray.ood import (FRONTAL_CHEST, GATE_CONFIG_FILE, GATE_FILE, MESSAGES, NOT_FRONTAL_CHEST, OUTSIDE_POPULATION,
                            image_descriptor, judge_images)
+from train.card import rate_interval
 from conftest import REAL_DATA, requires_real_data, synthetic_xray, write_image_folder, xray_as_dicom
 
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "model"
@@ -168,6 +169,13 @@ def write_development_folders(root: Path) -> Path:
     return root
 
 
+def test_a_rate_on_ten_images_is_shown_with_its_wilson_interval():
+    """What the card says: 10 of 10 refused is consistent with a true rate of 72 %; 9 of 10 with 60 to 98 %."""
+    assert rate_interval(1.0, 10)[0] == pytest.approx(10 / (10 + 1.959963984540054 ** 2)) == pytest.approx(0.722, abs=5e-4)
+    assert rate_interval(0.9, 10) == pytest.approx([0.596, 0.982], abs=5e-4)
+    assert rate_interval(0.0, 0) is None
+
+
 def test_the_gate_is_fitted_into_an_existing_model_folder(trained_model, tiny_image_folder, tmp_path):
     import shutil
 
@@ -187,6 +195,10 @@ def test_the_gate_is_fitted_into_an_existing_model_folder(trained_model, tiny_im
     assert (model / GATE_FILE).is_file() and PneumoniaClassifier.from_pretrained(model).gate is not None
     card = (model / "README.md").read_text()  # re-rendered: the card describes the gate it now carries
     assert f"| hand | {len(split['held_out']['hand'])} |" in card and "refused rather than warned" in card
+    hand = config["measured"]["hand"]
+    low, high = rate_interval(hand["flagged"], hand["images"])
+    assert low <= hand["flagged"] <= high
+    assert f"{hand['flagged'] * 100:.1f} % ({low * 100:.1f}–{high * 100:.1f} %)" in card  # how far so few images can be trusted
 
 
 def test_a_gate_for_a_batch_holdout_model_fits_on_its_train_split_and_counts_false_alarms_on_the_batch(

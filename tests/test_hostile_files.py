@@ -227,6 +227,35 @@ def deflate_bomb(inflated_bytes: int = 160 * 2**20) -> bytes:
     return b"\0" * 128 + b"DICM" + element(0x00020000, "UL", struct.pack("<I", len(meta_group))) + meta_group + deflated
 
 
+def deflated_ybr_bomb(side: int = 5477) -> bytes:
+    """A deflated YBR_FULL CR dataset of 3 x 8-bit samples just under the decoded-size limit (90 MB of zeros, 88 kB):
+    pydicom's conversion to RGB alone took ~1 GB and 2.7 s."""
+    changes = {0x00280002: us(3), 0x00280004: ("CS", "YBR_FULL"), 0x00280006: us(0), 0x00280010: us(side),
+               0x00280011: us(side), 0x00280100: us(8), 0x00280101: us(8), 0x00280102: us(7)}
+    head = b"".join(element(tag, vr, value) for tag, (vr, value) in sorted(image_elements(gradient(2, 2), changes).items())
+                    if tag != 0x7FE00010)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    size = side * side * 3
+    deflated = compressor.compress(head + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, size + size % 2))
+    deflated += b"".join(compressor.compress(bytes(2**20)) for _ in range(size // 2**20))
+    deflated += compressor.compress(bytes(size % 2**20 + size % 2)) + compressor.flush()
+    meta_group = element(0x00020001, "OB", b"\0\1") + element(0x00020010, "UI", DEFLATED)
+    return b"\0" * 128 + b"DICM" + element(0x00020000, "UL", struct.pack("<I", len(meta_group))) + meta_group + deflated
+
+
+def jpeg_header_bomb(segment: bytes, count: int) -> bytes:
+    """A small real JPEG with `count` copies of `segment` (fill bytes, or empty segments) right after its start."""
+    film = png(Image.new("L", (224, 224), 90), format="JPEG")
+    return film[:2] + segment * count + film[2:]
+
+
+def png_chunk_bomb(kind: bytes, payload: bytes, count: int, side: int = 2000) -> bytes:
+    """A plain grey PNG with `count` copies of one small chunk before its image data."""
+    film = png(Image.new("L", (side, side), 90))
+    chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return film[:33] + chunk * count + film[33:]
+
+
 def jpeg_frame_bomb() -> bytes:
     """A JPEG DICOM whose header says 64x80 but whose frame is 6000x6000."""
     frame = png(Image.new("L", (6000, 6000)), format="JPEG")
@@ -340,6 +369,14 @@ BOMBS = {
     "BMP RLE8 of one-pixel runs at the limit (1400x1400, 3.9 MB)": ("edgeruns.bmp", lambda: bmp_rle8_short_runs(1400), None),
     "BMP RLE4 at the limit (2000x2000)": ("edgerle4.bmp", lambda: bmp_rle4_long_runs(2000), None),
     "progressive JPEG 5400x5400 at the limit (100 scans)": ("edgescans.jpeg", lambda: progressive_jpeg_scan_bomb(99), None),
+    # Headers that Pillow walks in Python, one segment or chunk at a time (6-10 s, up to 0.8 GB, before the limits).
+    "JPEG with 24 MB of fill bytes in its header": ("fill.jpeg", lambda: jpeg_header_bomb(b"\xff", 24 * 2**20), "fill bytes"),
+    "JPEG with 6 M empty segments": ("segments.jpeg", lambda: jpeg_header_bomb(b"\xff\xe5\x00\x02", 6 * 2**20), "segments"),
+    "JPEG with 900 comment segments (at the limit)": ("comments.jpeg", lambda: jpeg_header_bomb(b"\xff\xfe\x00\x02", 900), None),
+    "PNG with 2 M unknown chunks": ("chunks.png", lambda: png_chunk_bomb(b"zzZz", b"", 2_100_000), "chunks besides its image"),
+    "PNG with 1.3 M text chunks": ("texts.png", lambda: png_chunk_bomb(b"tEXt", b"a\0b", 1_260_000), "chunks besides its image"),
+    "PNG with 900 text chunks (at the limit)": ("edgetexts.png", lambda: png_chunk_bomb(b"tEXt", b"a\0b", 900), None),
+    "deflated YBR_FULL DICOM 5477x5477 (90 MB decoded)": ("ybr.dcm", deflated_ybr_bomb, None),
 }
 
 
@@ -507,7 +544,7 @@ def test_a_batch_of_unexpected_dicom_answers_file_by_file(tmp_path):
         files.append((f"case{index}.dcm", tmp_path / f"case{index}.dcm"))
         files[-1][1].write_bytes(dicom_bytes(elements, syntax))
     answer = Prediction(pneumonia_probability=0.5, decision="NORMAL", threshold=0.5)
-    stub = SimpleNamespace(read=lambda path, name: read_image(path, name=name),
+    stub = SimpleNamespace(read=lambda path, name: read_image(path, name=name), shrink=lambda image: image,
                            predict=lambda images, batch_size: [answer] * len(images))
     results = predict_files(stub, files)
     for result, (_, _, expected) in zip(results, UNEXPECTED_DICOM.values()):
@@ -583,6 +620,25 @@ def test_jpeg_dicom_of_the_declared_size_is_read():
     assert np.corrcoef(np.asarray(image, float).ravel(), np.asarray(picture, float).ravel())[0, 1] > 0.98
 
 
+def test_a_ybr_dicom_is_read_as_the_grey_of_its_rgb_twin():
+    """YBR_FULL pixels keep their luma as the grey (no trip through RGB), and their colour is still measured."""
+    rgb = np.stack([np.tile(np.linspace(20, 230, 80), (64, 1)), np.full((64, 80), 90.0), np.full((64, 80), 40.0)], -1)
+    rgb = rgb.astype(np.uint8)
+    ybr = np.asarray(Image.fromarray(rgb).convert("YCbCr"))
+
+    def colour_dicom(photometric: str, pixels: np.ndarray) -> Image.Image:
+        elements = image_elements(gradient(), changes={0x00080060: ("CS", "OT"), 0x00280002: us(3), 0x00280004: ("CS", photometric),
+                                                 0x00280006: us(0), 0x00280100: us(8), 0x00280101: us(8),
+                                                 0x00280102: us(7), 0x7FE00010: ("OB", pixels.tobytes())})
+        return read_image(dicom_bytes(elements), name="colour.dcm")
+
+    from_ybr, from_rgb = colour_dicom("YBR_FULL", ybr), colour_dicom("RGB", rgb)
+    assert from_ybr.mode == "L" and from_ybr.size == from_rgb.size
+    assert np.abs(np.asarray(from_ybr, int) - np.asarray(from_rgb, int)).max() <= 1
+    assert from_ybr.info["colourfulness"] == pytest.approx(from_rgb.info["colourfulness"], rel=0.1)
+    assert from_ybr.info["colourfulness"] > 12
+
+
 def test_colour_dicom_is_read_as_grey_with_its_colourfulness():
     rgb = np.stack([np.full((64, 80), 200), np.full((64, 80), 40), np.full((64, 80), 40)], -1).astype(np.uint8)
     elements = image_elements(gradient(), changes={0x00080060: ("CS", "OT"), 0x00280002: us(3), 0x00280004: ("CS", "RGB"),
@@ -621,7 +677,8 @@ def test_control_and_bidi_characters_never_reach_a_message_or_a_row(tmp_path):
     assert "report" in str(error.value) and "gnp.exe" in str(error.value)
     path = tmp_path / "x.png"
     path.write_bytes(b"not an image")
-    stub = SimpleNamespace(read=lambda p, name: read_image(p, name=name), predict=lambda images, batch_size: [])
+    stub = SimpleNamespace(read=lambda p, name: read_image(p, name=name), shrink=lambda image: image,
+                           predict=lambda images, batch_size: [])
     (row,) = predict_files(stub, [(name, path)])
     assert "\u202e" not in row.file and "\x1b" not in row.file and "\n" not in row.file
 
@@ -674,7 +731,7 @@ def test_a_batch_stops_reading_when_its_time_budget_is_spent(tmp_path, monkeypat
         files.append((f"film{index}.png", tmp_path / f"film{index}.png"))
         synthetic_xray(0, index, size=32).save(files[-1][1])
     answer = Prediction(pneumonia_probability=0.2, decision="NORMAL", threshold=0.5)
-    stub = SimpleNamespace(read=lambda path, name: read_image(path, name=name),
+    stub = SimpleNamespace(read=lambda path, name: read_image(path, name=name), shrink=lambda image: image,
                            predict=lambda images, batch_size: [answer] * len(images))
     results = batch.predict_files(stub, files, time_budget_s=2.0)
     assert [r.decision for r in results] == ["NORMAL", "NORMAL", None, None]

@@ -33,6 +33,46 @@ def test_metric_module_with_one_class_has_no_auc():
     result = load_metric().compute(references=[1, 1, 1], prediction_scores=[0.9, 0.2, 0.7], threshold=0.5)
     assert result["roc_auc"] is None
     assert result["sensitivity"] == pytest.approx(2 / 3)
+    assert result["intervals"]["roc_auc"] is None and result["intervals"]["specificity"] is None
+
+
+def test_proportion_intervals_are_wilson_score_intervals():
+    """182 of 192 NORMAL films right (the bundled model's validation specificity): the textbook Wilson formula."""
+    labels = [0] * 192 + [1] * 10
+    scores = [0.1] * 182 + [0.9] * 10 + [0.9] * 10
+    low, high = load_metric().compute(references=labels, prediction_scores=scores, threshold=0.5)["intervals"]["specificity"]
+    n, p, z = 192, 182 / 192, 1.959963984540054
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert (low, high) == pytest.approx((centre - half, centre + half))
+    assert low < p < high
+
+
+def _structural_components_auc_variance(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """DeLong's variance written out pair by pair (O(m n)), to check the rank formula against."""
+    positive, negative = scores[labels == 1], scores[labels == 0]
+    kernel = (positive[:, None] > negative[None, :]) + 0.5 * (positive[:, None] == negative[None, :])
+    per_positive, per_negative = kernel.mean(axis=1), kernel.mean(axis=0)
+    return float(kernel.mean()), per_positive.var(ddof=1) / len(positive) + per_negative.var(ddof=1) / len(negative)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auc_interval_is_delongs_and_covers_like_a_bootstrap(seed):
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.zeros(120, int), np.ones(200, int)]
+    scores = np.r_[rng.normal(0, 1, 120), rng.normal(1.5, 1, 200)].round(1)  # rounding makes ties
+    low, high = load_metric().compute(references=labels, prediction_scores=scores)["intervals"]["roc_auc"]
+    auc, variance = _structural_components_auc_variance(labels, scores)
+    assert (low + high) / 2 == pytest.approx(auc)
+    assert (high - low) / 2 == pytest.approx(1.959963984540054 * np.sqrt(variance))
+    resampled = [roc_auc_score(labels[i], scores[i]) for i in (rng.integers(0, len(labels), len(labels)) for _ in range(1000))]
+    bootstrap_low, bootstrap_high = np.percentile(resampled, [2.5, 97.5])
+    assert low == pytest.approx(bootstrap_low, abs=0.015) and high == pytest.approx(bootstrap_high, abs=0.015)
+
+
+def test_auc_interval_stays_within_zero_and_one():
+    labels = np.r_[np.zeros(30, int), np.ones(30, int)]
+    scores = np.r_[np.linspace(0, 0.4, 30), np.linspace(0.6, 1, 30)]  # perfectly separated
+    assert load_metric().compute(references=labels, prediction_scores=scores)["intervals"]["roc_auc"] == [1.0, 1.0]
 
 
 def test_threshold_meets_the_sensitivity_floor_with_the_best_youden_j():
@@ -78,7 +118,7 @@ def test_expected_calibration_error_of_known_cases():
     assert expected_calibration_error([1, 0, 1, 0], [0.8] * 4) == pytest.approx(0.3)
 
 
-def test_bias_undoes_the_prior_shift_of_a_class_weighted_loss():
+def test_bias_undoes_the_prior_shift_of_a_class_weighted_loss(caplog):
     from train.calibration import fit_calibration, positive_probabilities
 
     rng = np.random.default_rng(1)
@@ -89,18 +129,22 @@ def test_bias_undoes_the_prior_shift_of_a_class_weighted_loss():
     shifted[:, 1] -= np.log(2.9)
     temperature, bias = fit_calibration(shifted, labels)
     assert temperature == pytest.approx(2.0, rel=0.1)
+    assert "unreliable" not in caplog.text  # 5,000 films of both classes, a fit inside its range: no warning
     assert bias == pytest.approx(np.log(2.9) / 2.0, abs=0.12)
     temperature_only = expected_calibration_error(labels, softmax(shifted / fit_temperature(shifted, labels), axis=1)[:, 1])
     with_bias = expected_calibration_error(labels, positive_probabilities(shifted, temperature, bias))
     assert with_bias < 0.02 < temperature_only
 
 
-def test_calibration_stays_bounded_on_perfectly_separable_validation_data():
+def test_calibration_stays_bounded_on_perfectly_separable_validation_data(caplog):
     from train.calibration import MAX_ABS_BIAS, TEMPERATURE_RANGE, fit_calibration, positive_probabilities
 
     logits = np.array([[2.0, -2.0], [1.5, -1.0], [0.5, 0.2], [-1.0, 1.0], [-0.2, 0.6], [-2.0, 3.0]])
     labels = np.array([0, 0, 0, 1, 1, 1])
-    temperature, bias = fit_calibration(logits, labels)
+    with caplog.at_level("WARNING", logger="train.calibration"):
+        temperature, bias = fit_calibration(logits, labels)
+    # six films, perfectly separated: the fit runs to its limit, and whoever trains is told it means little
+    assert "fitted on 6 validation images (3 NORMAL, 3 PNEUMONIA), which they separate perfectly" in caplog.text
     assert TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1] and abs(bias) <= MAX_ABS_BIAS
     scores = positive_probabilities(logits, temperature, bias)
     assert roc_auc_score(labels, scores) == 1.0  # no saturation into ties

@@ -64,9 +64,11 @@ def test_network_failure_is_one_clear_line(trained_model, tmp_path, monkeypatch,
     monkeypatch.setattr(HfApi, "create_repo", unreachable)
     model_dir = tmp_path / "model"
     shutil.copytree(trained_model, model_dir)
+    card_before = (model_dir / "README.md").read_bytes()
     assert push_main(["--model_dir", str(model_dir), "--repo_id", "alice/x"]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "Cannot reach the Hugging Face Hub" in error
+    assert (model_dir / "README.md").read_bytes() == card_before  # nothing was pushed, so the card names no repo
 
 
 def test_training_with_push_to_hub_fails_fast_without_a_token(tiny_image_folder, tmp_path, monkeypatch, capsys):

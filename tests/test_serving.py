@@ -743,3 +743,16 @@ def test_parallel_uploads_count_at_their_declared_size_before_they_are_read():
     assert first is not None and quota.reserve("a", 600) is None  # the first is still streaming
     UploadQuota.settle(first, 100)  # it turned out smaller
     assert quota.reserve("a", 600) is not None and quota.reserve("b", 1000) is not None
+
+
+def test_the_page_and_its_api_twins_share_one_worker_so_their_uploads_do_not_add_up(trained_model):
+    """/predict, /analyse and the page's own event each decode one upload: run side by side, four of the worst
+    admissible files held four decoded images at once (3.9 GB). They share one concurrency group of one."""
+    from chestxray import PneumoniaClassifier
+
+    demo = app.build_demo(PneumoniaClassifier.from_pretrained(trained_model), "tiny-test-model")
+    demo.queue(default_concurrency_limit=1)
+    groups = {fn.fn.__name__: (fn.concurrency_id, fn.concurrency_limit) for fn in demo.fns.values() if fn.fn}
+    assert groups["show_upload"] == groups["predict"] == groups["analyse"] == (app.SINGLE_XRAY, "default")
+    assert groups["predict_batch"][0] != app.SINGLE_XRAY  # a batch has its own worker and its own time budget
+    assert demo._queue.default_concurrency_limit == 1

@@ -80,6 +80,16 @@ def test_splits_keep_each_patient_on_one_side_and_never_touch_test(trained_model
     assert not (train | validation) & test
 
 
+def test_the_written_weights_are_readable_by_whoever_serves_them(trained_model):
+    """safetensors writes 0600; a folder served from a container as another user must be readable (umask 022 here)."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    weights = sorted(trained_model.glob("*.safetensors"))
+    assert weights and all(path.stat().st_mode & 0o777 == 0o644 & ~umask for path in weights)
+
+
 def test_card_carries_the_measured_numbers(trained_model, tiny_image_folder):
     values = model_index_values(trained_model)
     for split in ("validation", "test"):
@@ -98,6 +108,26 @@ def test_card_carries_the_measured_numbers(trained_model, tiny_image_folder):
     assert "Trained from random initialisation (no pretrained weights)." in text
     assert "patient-level hold-out" in text
     assert "it was not available where this model was trained" not in text  # this one has a test split
+
+
+def test_a_card_for_someone_elses_xrays_names_neither_kermany_nor_guangzhou(tmp_path):
+    """Plain file names, no Hub id: the card must not claim the Kermany films' source, hospital or citation."""
+    from conftest import synthetic_xray, tiny_training_args
+    from train.pipeline import main as train_main
+
+    for split, count in (("train", 40), ("test", 8)):
+        for i in range(count):
+            folder = tmp_path / "my_xrays" / split / ("PNEUMONIA" if i % 2 else "NORMAL")
+            folder.mkdir(parents=True, exist_ok=True)
+            synthetic_xray(i % 2, 7000 + i + (100 if split == "test" else 0)).save(folder / f"scan{i:03d}.png")
+    output_dir = tmp_path / "their-model"
+    arguments = tiny_training_args(tmp_path / "my_xrays", output_dir, "--num_train_epochs", "1", "--export_onnx", "false")
+    assert train_main(arguments) == 0
+    card = (output_dir / "README.md").read_text()
+    assert json.loads((output_dir / "training_summary.json").read_text())["data_is_kermany"] is False
+    for claim in ("Kermany", "Guangzhou", "kermany2018"):
+        assert claim not in card, claim
+    assert "Chest X-rays from a local image folder (`my_xrays`)" in card and "not a medical device" in card
 
 
 def test_the_bundled_card_says_the_official_test_split_was_not_available():
@@ -130,10 +160,43 @@ def test_evaluate_cli_uses_stored_threshold_and_updates_the_card(trained_model, 
 
 
 def test_evaluate_cli_reports_a_missing_split_clearly(trained_model, tiny_image_folder, tmp_path, capsys):
-    code = evaluate_main(["--model", str(trained_model), "--data_dir", str(tiny_image_folder), "--split", "validation",
+    code = evaluate_main(["--model", str(trained_model), "--data_dir", str(tiny_image_folder), "--split", "holdout",
                           "--output_dir", str(tmp_path)])
     assert code == 1
-    assert "No `validation` split" in capsys.readouterr().err
+    assert "No `holdout` split in the data; available: train, test" in capsys.readouterr().err
+
+
+def test_evaluate_cli_with_a_hub_dataset_out_of_reach_is_one_line(trained_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    code = evaluate_main(["--model", str(trained_model), "--dataset_name", "someone/chest-xrays", "--split", "test",
+                          "--output_dir", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert code == 1 and error.startswith("error: ") and "someone/chest-xrays" in error and "Traceback" not in error
+
+
+def test_evaluate_cli_scores_the_models_own_carved_validation_with_intervals(trained_model, tiny_image_folder, tmp_path, capsys):
+    """The data has no validation folder; the model's `splits/validation.csv` names its carved films in train."""
+    import shutil
+
+    model_copy = tmp_path / "model"
+    shutil.copytree(trained_model, model_copy, ignore=shutil.ignore_patterns("checkpoint-*"))
+    trained = json.loads((trained_model / "metrics_validation.json").read_text())
+    code = evaluate_main(["--model", str(model_copy), "--data_dir", str(tiny_image_folder), "--split", "validation",
+                          "--update_card"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out.split("\nskipped")[0])
+    assert printed["confusion_matrix"] == trained["metrics"]["confusion_matrix"]  # the same films, the same calls
+    assert printed["support"] == trained["metrics"]["support"]
+    rewritten = json.loads((model_copy / "metrics_validation.json").read_text())
+    assert rewritten["dataset"] == trained["dataset"]  # training's description of these films is kept
+    intervals = printed["intervals"]
+    for metric in ("accuracy", "sensitivity", "specificity"):
+        low, high = intervals[metric]
+        assert 0.0 <= low <= printed[metric] <= high <= 1.0
+    text = (model_copy / "README.md").read_text()
+    low, high = intervals["specificity"]
+    assert f"{low:.3f}–{high:.3f}" in text and "95 % interval" in text
 
 
 def test_training_accepts_one_json_file(tiny_image_folder, tmp_path):

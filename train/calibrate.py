@@ -43,6 +43,13 @@ def select_operating_point(classifier: PneumoniaClassifier, logits: np.ndarray, 
     return point
 
 
+def recorded_operating_point(point: OperatingPoint, config) -> dict:
+    """The operating point as the card reports it: with the whole calibration the head carries (this fit on top of
+    any earlier one, say the scratch teacher's a fine-tuned student started from), as `config.json` records it."""
+    folded = getattr(config, FOLDED_CALIBRATION_KEY, None)
+    return {**point.to_dict(), **({"temperature": folded["temperature"], "bias": folded["bias"]} if folded else {})}
+
+
 def fold_calibration(classifier: PneumoniaClassifier, temperature: float, bias: float) -> None:
     """Divide the head by T and add the bias to its PNEUMONIA output, so the network itself gives calibrated
     logits: `pipeline()`, the Hub widget and ONNX then agree with the app without applying anything.
@@ -118,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         import json
 
         summary = json.loads((model_dir / SUMMARY_FILE).read_text())
-        # The card reports the whole calibration the head now carries, not just this refit's step on top of it.
-        folded = getattr(classifier.model.config, FOLDED_CALIBRATION_KEY)
-        summary["operating_point"] = {**point.to_dict(), "temperature": folded["temperature"], "bias": folded["bias"]}
+        summary["operating_point"] = recorded_operating_point(point, classifier.model.config)
         (model_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         render_card(model_dir)
     print(f"{model_dir}: {point}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -14,6 +15,10 @@ MAX_ABS_BIAS = 10.0
 # Strategies that only consider cut points whose validation sensitivity reaches the floor.
 FLOORED_STRATEGIES = ("youden_at_min_sensitivity", "specificity_at_min_sensitivity")
 STRATEGIES = (*FLOORED_STRATEGIES, "youden", "fixed")
+# Fewer validation films of a class than this and the calibration is a guess (a few films can be perfectly separated).
+MIN_FILMS_PER_CLASS = 20
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,25 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> tuple[float, floa
     result = minimize(lambda p: _nll(logits, labels, np.exp(p[0]), p[1]),
                       x0=np.array([np.log(fit_temperature(logits, labels)), 0.0]), method="L-BFGS-B",
                       bounds=[(np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])), (-MAX_ABS_BIAS, MAX_ABS_BIAS)])
-    return float(np.exp(result.x[0])), float(result.x[1])
+    temperature, bias = float(np.exp(result.x[0])), float(result.x[1])
+    warn_if_unreliable(logits, labels, temperature, bias)
+    return temperature, bias
+
+
+def warn_if_unreliable(logits: np.ndarray, labels: np.ndarray, temperature: float, bias: float) -> None:
+    """A fit at its bounds, or on a handful of films, gives probabilities of nearly 0 or 1 that mean little: say so."""
+    counts = np.bincount(labels, minlength=2)
+    at_bound = bool(np.isclose(temperature, TEMPERATURE_RANGE, rtol=1e-3).any() or np.isclose(abs(bias), MAX_ABS_BIAS, rtol=1e-3))
+    if not at_bound and counts.min() >= MIN_FILMS_PER_CLASS:
+        return
+    margin = logits[:, 1] - logits[:, 0]
+    separated = counts.min() > 0 and margin[labels == 1].min() > margin[labels == 0].max()
+    logger.warning(
+        "The calibration (temperature %.3g, bias %.3g%s) was fitted on %d validation images (%d NORMAL, %d PNEUMONIA)%s: "
+        "its probabilities and threshold are unreliable. Validate on at least %d films of each class "
+        "(--validation_fraction, or `python -m train.calibrate` on more labelled films).",
+        temperature, bias, ", at the limit of its range" if at_bound else "", len(labels), counts[0], counts[1],
+        ", which they separate perfectly" if separated else "", MIN_FILMS_PER_CLASS)
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray, strategy: str, min_sensitivity: float = 0.95,

@@ -7,11 +7,13 @@ before a push can never disagree with the numbers next to the weights.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from scipy.stats import binomtest
 
 from chestxray.ood import GATE_CONFIG_FILE
 from chestxray.runtime import ONNX_FILE
@@ -23,6 +25,7 @@ POLICIES_FILE = "operating_points.json"  # written by train.policies
 CARD_METRICS = {"roc_auc": "ROC-AUC", "accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1"}
 DEFAULT_SPACE_ID = "YOUR_USER/pneumonia-xray-demo"
 DATASET_NAME = "Chest X-ray pneumonia (Kermany et al.)"
+KERMANY_DATASET_IDS = ("hf-vision/chest-xray-pneumonia",)  # Hub copies of the Kermany films
 
 
 def published_path(path: str) -> str:
@@ -45,20 +48,36 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _span(interval) -> str:
+    return "n/a" if not interval else f"{interval[0]:.3f}–{interval[1]:.3f}"
+
+
+def _percent_span(interval) -> str:
+    return "n/a" if not interval else f"{interval[0] * 100:.1f}–{interval[1] * 100:.1f} %"
+
+
+def rate_interval(rate: float, count: int, confidence_level: float = 0.95) -> list[float] | None:
+    """The Wilson interval of a share measured on `count` images (the gate's held-out rates)."""
+    if not count:
+        return None
+    interval = binomtest(round(rate * count), count).proportion_ci(confidence_level=confidence_level, method="wilson")
+    return [float(interval.low), float(interval.high)]
+
+
 def load_reports(model_dir: Path) -> list[dict]:
     """metrics_<split>.json files, validation first."""
     reports = [json.loads(path.read_text()) for path in sorted(model_dir.glob("metrics_*.json"))]
     return sorted(reports, key=lambda report: (report["split"] != "validation", report["split"]))
 
 
-def eval_results(reports: list[dict], dataset_id: str | None) -> list[EvalResult]:
+def eval_results(reports: list[dict], dataset_id: str | None, kermany: bool = True) -> list[EvalResult]:
     """The model-index: Hub metadata, so plain names only (no local paths, no Markdown)."""
     return [
         EvalResult(
             task_type="image-classification",
             task_name="Pneumonia classification",
             dataset_type=dataset_id or "imagefolder",
-            dataset_name=DATASET_NAME,
+            dataset_name=DATASET_NAME if kermany else "Chest X-ray pneumonia",
             dataset_split=report["split"],
             metric_type=metric,
             metric_name=name,
@@ -70,10 +89,22 @@ def eval_results(reports: list[dict], dataset_id: str | None) -> list[EvalResult
     ]
 
 
+def share_files(model_dir: Path) -> None:
+    """safetensors writes its files readable by their owner only (0600); a model folder served by another user (a
+    container, a shared machine) must be readable like the rest of it: owner's read/write, everyone's read, as umask allows."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in model_dir.rglob("*.safetensors"):
+        if path.is_file() and not path.stat().st_mode & 0o044:
+            path.chmod(0o644 & ~umask)
+
+
 def render_card(model_dir: str | Path, repo_id: str | None = None, space_id: str | None = None) -> ModelCard:
-    """Write `README.md` in `model_dir` from `model_card.md` and the measured results; return the card."""
+    """Write `README.md` in `model_dir` from `model_card.md` and the measured results; return the card. The card is
+    the last thing every writer of a model folder writes, so the folder's files are made readable here too."""
     model_dir = Path(model_dir)
-    summary = json.loads((model_dir / SUMMARY_FILE).read_text())
+    share_files(model_dir)
+    summary = {"data_is_kermany": True, **json.loads((model_dir / SUMMARY_FILE).read_text())}  # older folders: Kermany
     reports = load_reports(model_dir)
     repo_id = repo_id or summary.get("hub_model_id") or f"YOUR_USER/pneumonia-xray-{summary['architecture'].lower()}"
     card_data = ModelCardData(
@@ -85,12 +116,15 @@ def render_card(model_dir: str | Path, repo_id: str | None = None, space_id: str
         datasets=[summary["dataset_id"]] if summary.get("dataset_id") else None,
         base_model=hub_base_model(summary),
         metrics=["roc_auc", "accuracy", "recall", "precision", "f1"],
-        eval_results=eval_results(reports, summary.get("dataset_id")) or None,
+        eval_results=eval_results(reports, summary.get("dataset_id"), summary["data_is_kermany"]) or None,
     )
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
         fmt=_fmt,
+        span=_span,
+        percent_span=_percent_span,
+        rate_interval=rate_interval,
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         space_id=space_id or summary.get("space_id") or DEFAULT_SPACE_ID,

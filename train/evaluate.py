@@ -23,7 +23,9 @@ class EvaluationArguments:
     data_dir: Optional[str] = field(default=None, metadata={"help": "Image folder DIR/<split>/{NORMAL,PNEUMONIA}."})
     dataset_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset id."})
     dataset_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the dataset."})
-    split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    split: str = field(default="test", metadata={
+        "help": "Split to evaluate; a split the data lacks but the model lists in `splits/<split>.csv` (its carved "
+                "validation) is taken from the data's train split."})
     output_dir: Optional[str] = field(
         default=None, metadata={"help": "Where metrics and figures go (default: evaluation/<model>/, or the model folder with --update_card)."}
     )
@@ -40,19 +42,28 @@ def run(args: EvaluationArguments) -> dict:
         raise ValueError(f"--update_card needs a local model folder written by `python -m train` ({SUMMARY_FILE} not found in {args.model}).")
     classifier = PneumoniaClassifier.from_pretrained(args.model, revision=args.revision)
     raw = load_raw_dataset(args.dataset_name, args.data_dir, args.dataset_revision)
-    if args.split not in raw:
+    source = args.dataset_name or f"the local image folder `{Path(args.data_dir).name}`"
+    own_split = model_folder / "splits" / f"{args.split}.csv"
+    if args.split in raw:
+        dataset, description = raw[args.split], f"`{args.split}` split of {source}"
+    elif own_split.is_file() and "train" in raw:  # the split the model carved from the training data (its validation)
+        dataset, _ = split_membership(raw["train"], own_split)
+        earlier = model_folder / f"metrics_{args.split}.json"  # training described these same films
+        description = (json.loads(earlier.read_text())["dataset"] if earlier.is_file() else
+                       f"this model's own `{args.split}` hold-out (`splits/{args.split}.csv`), carved from the train "
+                       f"split of {source}")
+    else:
         raise ValueError(f"No `{args.split}` split in the data; available: {', '.join(raw)}.")
-    dataset, skipped = drop_unreadable(raw[args.split], args.split)
+    dataset, skipped = drop_unreadable(dataset, args.split)
     if args.update_card:
         output_dir = model_folder
     else:
         output_dir = Path(args.output_dir or Path("evaluation") / Path(str(args.model).rstrip("/")).name)
-    source = args.dataset_name or f"the local image folder `{Path(args.data_dir).name}`"
     seen = trained_on_fraction(dataset, model_folder)
     if seen:
         print(f"warning: {seen:.0%} of these {len(dataset)} images were in this model's training set "
               f"(splits/train.csv): the figures are optimistic, not an evaluation.", file=sys.stderr)
-    report = evaluate_split(classifier, dataset, args.split, f"`{args.split}` split of {source}", output_dir)
+    report = evaluate_split(classifier, dataset, args.split, description, output_dir)
     report["skipped_files"] = skipped
     report["trained_on_fraction"] = seen
     (output_dir / f"metrics_{args.split}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -74,12 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         (args,) = HfArgumentParser(EvaluationArguments, prog="python -m train.evaluate").parse_args_into_dataclasses(args=argv)
         report = run(args)
-    except (ModelLoadError, ValueError, FileNotFoundError) as error:
+    except (ModelLoadError, ValueError, OSError) as error:  # OSError: missing files, and the Hub out of reach
         print(f"error: {error}", file=sys.stderr)
         return 1
     metrics = report["metrics"]
     print(json.dumps({k: metrics[k] for k in ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "ece",
-                                                "threshold", "confusion_matrix", "support")}, indent=2))
+                                                "threshold", "confusion_matrix", "support", "intervals")}, indent=2))
     if report["skipped_files"]:
         print(f"skipped {len(report['skipped_files'])} unreadable images: {', '.join(report['skipped_files'])}")
     return 0

@@ -77,7 +77,7 @@ class GateArguments:
         "help": "Adult-looking images whose not-frontal score exceeds this quantile of the adult frontal films' "
                 "(out-of-fold) scores are refused instead of warned: 0.8 refuses a fifth of adult frontal films, which "
                 "are flagged either way, and refused more lateral views and hands of a kind left out of fitting "
-                "(97.9 % and 95.1 %, against 95.8 % and 91.0 % without it)."})
+                "(97.9 %% and 95.1 %%, against 95.8 %% and 91.0 %% without it)."})
 
 
 # --- development data ----------------------------------------------------------------------------------------
@@ -552,6 +552,8 @@ def write_gate(classifier: PneumoniaClassifier, model_dir: Path, films: Callable
     if not split["fitted"]:
         raise FileNotFoundError(f"{ood_dir} has no development folders (expected ood/<kind>/ and adult_nih/).")
     (model_dir / SPLITS_FILE).write_text(json.dumps(split, indent=2) + "\n")
+    logger.info("Gate: describing %d training films (each also augmented) and %d development images (minutes on a CPU)...",
+                film_count, sum(len(files) for files in split["fitted"].values()))
     described = describe(classifier, training_items(classifier, films(), film_count, ood_dir, split, args))
     logger.info("Gate inputs described in %.0f s.", time.perf_counter() - started)
     gate, config = fit_gate(classifier, described, args)

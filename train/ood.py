@@ -13,6 +13,7 @@ adds them to an existing model folder; `python -m train` fits them at the end of
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from train.data import drop_unreadable, load_raw_dataset, split_membership
 
     args, gate_args = HfArgumentParser((OodArguments, GateArguments)).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)  # minutes of work
     model_dir = Path(args.model_dir)
     classifier = PneumoniaClassifier.from_pretrained(model_dir)
     train, _ = drop_unreadable(load_raw_dataset(args.dataset_name, args.data_dir)["train"], "train")

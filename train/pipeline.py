@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import platform
 import random
 import shutil
@@ -27,9 +28,9 @@ from chestxray.runtime import ONNX_FILE
 from train.arguments import DataArguments, ModelArguments, XRayTrainingArguments, argument_parser
 from train.augment import XRayAugmentation
 from train.averaging import WeightAverageCallback
-from train.calibrate import fit_operating_point, folded_logits, select_operating_point
+from train.calibrate import fit_operating_point, folded_logits, recorded_operating_point, select_operating_point
 from train.calibration import positive_probabilities
-from train.card import POLICIES_FILE, SUMMARY_FILE, render_card, shareable_command
+from train.card import KERMANY_DATASET_IDS, POLICIES_FILE, SUMMARY_FILE, render_card, shareable_command
 from train.distill import Teachers, build_trainer, load_teachers, teacher_paths, teacher_pixel_values
 from train.distill import describe as describe_distillation
 from train.data import (BATCH_HOLDOUT_SPLIT, LABEL_NAMES, PreparedData, batch_holdout_description, batch_holdout_summary,
@@ -143,6 +144,12 @@ def resolve_checkpoint(training_args) -> str | None:
     return str(requested)
 
 
+def is_kermany_data(data_args, grouped_by_patient: bool, card_dataset_id: str | None) -> bool:
+    """The Kermany films, by their Hub id or their file names (`personN_virus_M`, `IM-N-M`): the card then names
+    their source, hospital and citation; for anyone else's X-rays it must not."""
+    return bool({data_args.dataset_name, card_dataset_id} & set(KERMANY_DATASET_IDS)) or grouped_by_patient
+
+
 def describe_data(data_args, prepared: PreparedData, card_dataset_id: str | None) -> tuple[str, str]:
     """(dataset id for the card metadata, one honest sentence about the data)."""
     source = (f"the Hub dataset `{data_args.dataset_name}`" if data_args.dataset_name
@@ -152,8 +159,9 @@ def describe_data(data_args, prepared: PreparedData, card_dataset_id: str | None
            if prepared.grouped_by_patient else "carved from the training split per image (file names carried no patient ids)")
     if data_args.validation_split_name:
         how = f"the dataset's own `{data_args.validation_split_name}` split"
-    text = (f"Kermany et al. chest X-rays (CC BY 4.0) from {source}. Validation: {how}. "
-            f"Unreadable images are skipped and counted.")
+    films = ("Kermany et al. chest X-rays (CC BY 4.0)" if is_kermany_data(data_args, prepared.grouped_by_patient, card_dataset_id)
+             else "Chest X-rays")
+    text = f"{films} from {source}. Validation: {how}. Unreadable images are skipped and counted."
     return data_args.dataset_name or card_dataset_id, text
 
 
@@ -190,13 +198,14 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
         "dataset_id": data_id,
         "data_description": data_text,
         "validation_is_carved": not data_args.validation_split_name,
+        "data_is_kermany": is_kermany_data(data_args, prepared.grouped_by_patient, model_args.hub_dataset_card_id),
         "split_counts": [
             {"split": split, "normal": int((np.asarray(ds["label"]) == 0).sum()), "pneumonia": int((np.asarray(ds["label"]) == 1).sum()),
              "skipped": len(prepared.skipped_files.get(split, []))}
             for split, ds in prepared.splits.items()
         ],
         "skipped_files": prepared.skipped_files,
-        "operating_point": point.to_dict(),
+        "operating_point": recorded_operating_point(point, model.config),
         "hyperparameters": {
             "learning rate": training_args.learning_rate,
             **({"steps (max)": training_args.max_steps} if training_args.max_steps > 0 else {"epochs (max)": training_args.num_train_epochs}),
@@ -219,7 +228,9 @@ def write_summary(output_dir: Path, model_args, data_args, training_args, prepar
             "seed": training_args.seed if seed is None else seed,
         },
         "training_minutes": round(minutes, 1),
-        "hardware": f"{torch.get_num_threads()} CPU threads ({platform.machine()})" if not torch.cuda.is_available() else torch.cuda.get_device_name(0),
+        "hardware": (f"{torch.get_num_threads()} CPU threads ({platform.machine()})" if not torch.cuda.is_available()
+                     else torch.cuda.get_device_name(0))
+                    + (f", x {training_args.world_size} processes" if training_args.world_size > 1 else ""),
         "epochs_run": round(trainer.state.epoch or 0, 2),
         "best_epoch": best_epoch,
         "curves": "training_curves.png" if (output_dir / "training_curves.png").exists() else None,
@@ -322,6 +333,16 @@ def batch_holdout_record(draw: Draw, prepared: PreparedData, model_args: ModelAr
             for name in ("roc_auc", "sensitivity", "specificity")}
 
 
+def log_processes(training_args) -> None:
+    """How many processes train: `accelerate launch --cpu --num_processes N` starts one without mpirun, silently."""
+    if training_args.world_size > 1:
+        logger.info("Training on %d processes (data parallel, %s).", training_args.world_size, training_args.device.type)
+    elif os.environ.get("MASTER_ADDR") and not os.environ.get("WORLD_SIZE"):  # a launcher meant several, started one
+        logger.warning("One training process, although the launcher was asked for several (accelerate's CPU launcher "
+                       "starts one without mpirun): for N processes on a CPU run `accelerate launch --multi_gpu "
+                       "--num_processes N -m train ... --use_cpu` or `torchrun --nproc_per_node N -m train ...`.")
+
+
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRayTrainingArguments,
         extra_callbacks: tuple = (), command: str | None = None) -> dict:
     """The whole job; `extra_callbacks` are passed to the Trainer (logging, alerts, fault injection in tests);
@@ -336,6 +357,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
             raise PushError("--push_to_hub needs --hub_model_id user/name.")
         hub_token()  # fail now, not after hours of training
         training_args.push_to_hub = False  # one push, of the finished folder, by train.push
+    log_processes(training_args)
     set_seed(training_args.seed)
     teacher_folders = teacher_paths(model_args.teacher_model_name_or_path)
     # Fail before the data are read; ONNX copies of the teachers only where they will run (on the CPU).

@@ -52,17 +52,23 @@ def push_model_folder(model_dir: str | Path, repo_id: str, private: bool = False
     if repo_id.count("/") != 1:
         raise PushError(f"--repo_id must look like `user/name`, not `{repo_id}`.")
     token = hub_token()
+    card = model_dir / "README.md"
+    card_before = card.read_bytes() if card.is_file() else None
     if (model_dir / SUMMARY_FILE).is_file():
         render_card(model_dir, repo_id=repo_id)  # the card's snippets name the real repo
-    api = HfApi(token=token)
+    api, pushed = HfApi(token=token), False
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(folder_path=str(model_dir), repo_id=repo_id, repo_type="model",
                           ignore_patterns=IGNORE_PATTERNS, commit_message=commit_message)
+        pushed = True
     except HfHubHTTPError as error:
         raise PushError(f"The Hub refused the push to `{repo_id}`: {first_line(error)}") from None
     except Exception as error:  # connection, TLS, proxy: the network boundary, whatever the HTTP library
         raise PushError(f"Cannot reach the Hugging Face Hub to push `{repo_id}`: {type(error).__name__}: {error}") from None
+    finally:
+        if not pushed and card_before is not None:  # a push that did not happen leaves the folder as it was
+            card.write_bytes(card_before)
     return str(url)
 
 
