@@ -18,6 +18,7 @@ from PIL import Image, ImageChops, ImageMode, ImageOps, UnidentifiedImageError
 
 from chestxray.ood import colourfulness
 from chestxray.upload import (
+    FRAMES_COUNTED,
     SUPPORTED_FORMATS,
     ImageReadError,
     ReadLimits,
@@ -41,7 +42,6 @@ PILLOW_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
 _DICOM_MAGIC_OFFSET = 128
 _DICOM_FIRST_GROUPS = (b"\x02\x00", b"\x08\x00")  # file meta, or identifying data of a bare dataset
 ORIENTATION_TAG = 0x0112
-_FRAMES_COUNTED = 10  # frames counted for the message; an animation is refused whatever its length
 _NUMERIC_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # 16-bit, 32-bit and float grey
 _GREY_MODES = ("1", "L") + _NUMERIC_MODES
 _TEXT_CHUNK_ERRORS = ("too large", "too much memory")  # Pillow's PNG text-chunk limits
@@ -185,12 +185,12 @@ def _refuse_multi_frame(image: Image.Image, name: str) -> None:
         return
     frames = 1
     try:
-        while frames <= _FRAMES_COUNTED:
+        while frames <= FRAMES_COUNTED:
             image.seek(frames)
             frames += 1
     except EOFError:
         pass
-    count = f"{frames}" if frames <= _FRAMES_COUNTED else f"more than {_FRAMES_COUNTED}"
+    count = f"{frames}" if frames <= FRAMES_COUNTED else f"more than {FRAMES_COUNTED}"
     raise ImageReadError(f"`{name}` has {count} frames (animation or stack); upload a single still radiograph.")
 
 

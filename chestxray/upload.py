@@ -44,6 +44,15 @@ class ReadLimits:
     max_jpeg_fill_bytes: int = 65_536
     max_png_chunks: int = 100_000
     max_png_ancillary_chunks: int = 1_000
+    # Pillow reads a GIF's blocks in Python too, and joins comment pieces by repeated concatenation (quadratic): a
+    # 20 MB GIF of one-byte comment pieces, or of 8 M empty extensions, held a worker for more than 2 minutes. An
+    # encoder writes one extension or two per frame and 255-byte data blocks (300,000 of them hold 76 MB).
+    max_gif_extensions: int = 1_000
+    max_gif_comment_pieces: int = 1_000
+    max_gif_blocks: int = 300_000
+    # A JPEG 2000 frame in the JP2 file format: Pillow walks its boxes in Python (10 MB of empty boxes: 2.7 s). A JP2
+    # file holds about ten.
+    max_jp2_boxes: int = 1_000
 
     @property
     def max_decoded_bytes(self) -> int:
@@ -56,6 +65,8 @@ _MAX_NAME_LENGTH = 120
 _CHUNK_PIXELS = 1 << 20  # pixels converted at a time: temporaries stay at a few MB whatever the image size
 _FILL = re.compile(rb"\xff+")  # a JPEG marker, after any number of fill bytes
 _STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD9)}  # markers without a length: TEM, RSTn, SOI
+FRAMES_COUNTED = 10  # frames of an animation or stack counted for its message; it is refused whatever its length
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
 def check_jpeg_scans(data: bytes, name: str, limits: ReadLimits) -> None:
@@ -75,6 +86,10 @@ def check_container(data: bytes, name: str, limits: ReadLimits) -> None:
         _check_jpeg_header(data, name, limits)
     elif data.startswith(b"\x89PNG\r\n\x1a\n"):
         _check_png_chunks(data, name, limits)
+    elif data.startswith((b"GIF87a", b"GIF89a")):
+        _check_gif_blocks(data, name, limits)
+    elif data.startswith(_JP2_SIGNATURE):
+        _check_jp2_boxes(data, name, limits)
 
 
 def _check_jpeg_header(data: bytes, name: str, limits: ReadLimits) -> None:
@@ -114,6 +129,70 @@ def _check_png_chunks(data: bytes, name: str, limits: ReadLimits) -> None:
                 else f"more than {limits.max_png_ancillary_chunks:,} chunks besides its image data")
         raise ImageReadError(f"`{name}` is a PNG of {what}, far more than any encoder writes, and slower to read "
                              "than this app allows; save it again as an ordinary PNG and upload that.")
+
+
+def _check_gif_blocks(data: bytes, name: str, limits: ReadLimits) -> None:
+    """Walks every block of the file as Pillow does (its frame count and seeks walk them all, and it skips a stray
+    byte at a time), stopping at the limits."""
+    flags = data[10] if len(data) > 10 else 0
+    offset = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    extensions = comment_pieces = blocks = images = 0
+
+    def within_limits() -> bool:
+        return (extensions <= limits.max_gif_extensions and comment_pieces <= limits.max_gif_comment_pieces
+                and blocks <= limits.max_gif_blocks)
+
+    while offset < len(data) and within_limits():
+        introducer = data[offset]
+        if introducer == 0x21:  # an extension: its label, then data blocks
+            extensions += 1
+            is_comment = offset + 1 < len(data) and data[offset + 1] == 0xFE
+            comment_pieces += is_comment
+            offset += 2
+        elif introducer == 0x2C and offset + 10 < len(data):  # an image: its descriptor and colour table, then data
+            flags = data[offset + 9]
+            offset += 11 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+            is_comment = False
+            images += 1
+        elif introducer == 0x3B:
+            return  # the trailer
+        else:  # a stray byte, which Pillow skips one at a time
+            blocks += 1
+            offset += 1
+            continue
+        while offset < len(data) and data[offset] and blocks <= limits.max_gif_blocks:
+            blocks += 1
+            comment_pieces += is_comment
+            offset += 1 + data[offset]
+            if is_comment and comment_pieces > limits.max_gif_comment_pieces:
+                break
+        offset += 1
+        if images > FRAMES_COUNTED + 1:
+            return  # an animation, refused as one after its first frames: Pillow reads no further
+    if not within_limits():
+        what = (f"more than {limits.max_gif_extensions:,} extension blocks" if extensions > limits.max_gif_extensions
+                else f"more than {limits.max_gif_comment_pieces:,} comment pieces"
+                if comment_pieces > limits.max_gif_comment_pieces else f"more than {limits.max_gif_blocks:,} blocks")
+        raise ImageReadError(f"`{name}` is a GIF of {what}, far more than any encoder writes, and slower to read than "
+                             "this app allows; save it as PNG and upload that.")
+
+
+def _check_jp2_boxes(data: bytes, name: str, limits: ReadLimits) -> None:
+    """Walks the top-level boxes up to the codestream, stopping at the limit."""
+    offset, boxes = 0, 0
+    while offset + 8 <= len(data) and boxes <= limits.max_jp2_boxes:
+        length, kind = int.from_bytes(data[offset : offset + 4], "big"), data[offset + 4 : offset + 8]
+        if kind == b"jp2c" or length == 0:
+            return  # the codestream, or a last box that runs to the end
+        if length == 1:
+            length = int.from_bytes(data[offset + 8 : offset + 16], "big")
+        if length < 8:
+            return  # damaged: the decoder says so in its own words
+        boxes += 1
+        offset += length
+    if boxes > limits.max_jp2_boxes:
+        raise ImageReadError(f"`{name}` is a JPEG 2000 image of more than {limits.max_jp2_boxes:,} boxes, far more than "
+                             "any encoder writes, and slower to read than this app allows; export it as JPEG or PNG.")
 
 
 def display_name(name: str) -> str:

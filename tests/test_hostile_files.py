@@ -37,6 +37,7 @@ MAX_CPU_SECONDS = 2.0
 
 EXPLICIT_VR_LE, IMPLICIT_VR_LE, DEFLATED = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"
 RLE, JPEG_BASELINE = "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50"
+JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 UNDEFINED = 0xFFFFFFFF
 
@@ -329,6 +330,40 @@ def jpeg_dicom_extra_frames(extra: bytes, count: int = 1, side: int = 5400) -> b
         JPEG_BASELINE)
 
 
+def jpeg_dicom_header_bomb() -> bytes:
+    """A JPEG DICOM of the declared size whose frame's header holds 24 MB of fill bytes."""
+    frame = jpeg_header_bomb(b"\xff", 24 * 2**20)
+    return dicom_bytes(image_elements(gradient(224, 224), changes={0x00280100: us(8), 0x00280101: us(8), 0x00280102: us(7),
+                                                             0x7FE00010: ("raw", encapsulated(frame))}), JPEG_BASELINE)
+
+
+def gif_with(before_image: bytes = b"", after_image: bytes = b"", side: int = 224) -> bytes:
+    """A plain grey GIF with blocks inserted before its image and after it (before the trailer)."""
+    film = png(Image.new("L", (side, side), 90), format="GIF")
+    flags = film[10]
+    start = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # the header, screen descriptor and colour table
+    return film[:start] + before_image + film[start:-1] + after_image + film[-1:]
+
+
+def gif_animation(frames: int = 5000) -> bytes:
+    """An animation of one frame repeated, each with its timing extension: more extensions than the limit, and
+    refused as the animation it is."""
+    film = gif_with()
+    flags = film[10]
+    start = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    timed_frame = b"\x21\xf9\x04\x00\x0a\x00\x00\x00" + film[start:-1]
+    return film[:start] + timed_frame * frames + film[-1:]
+
+
+def jp2_dicom(boxes: int) -> bytes:
+    """A JPEG 2000 DICOM whose frame is a JP2 file with `boxes` empty boxes before its header."""
+    jp2 = png(Image.fromarray(gradient(224, 224).astype(np.uint8)), format="JPEG2000", irreversible=False, no_jp2=False)
+    end_of_file_type = 12 + struct.unpack(">I", jp2[12:16])[0]
+    frame = jp2[:end_of_file_type] + (struct.pack(">I", 8) + b"free") * boxes + jp2[end_of_file_type:]
+    return dicom_bytes(image_elements(gradient(224, 224), changes={0x00280100: us(8), 0x00280101: us(8), 0x00280102: us(7),
+                                                             0x7FE00010: ("raw", encapsulated(frame))}), JPEG2000_LOSSLESS)
+
+
 def jpeg_dicom_scan_bomb() -> bytes:
     """A JPEG DICOM of the declared size whose frame is a progressive JPEG of 2,000 scans."""
     frame = progressive_jpeg_scan_bomb(2000, side=80)
@@ -371,12 +406,27 @@ BOMBS = {
     "progressive JPEG 5400x5400 at the limit (100 scans)": ("edgescans.jpeg", lambda: progressive_jpeg_scan_bomb(99), None),
     # Headers that Pillow walks in Python, one segment or chunk at a time (6-10 s, up to 0.8 GB, before the limits).
     "JPEG with 24 MB of fill bytes in its header": ("fill.jpeg", lambda: jpeg_header_bomb(b"\xff", 24 * 2**20), "fill bytes"),
+    "JPEG DICOM, a frame with 24 MB of fill bytes": ("fill.dcm", jpeg_dicom_header_bomb, "fill bytes"),
     "JPEG with 6 M empty segments": ("segments.jpeg", lambda: jpeg_header_bomb(b"\xff\xe5\x00\x02", 6 * 2**20), "segments"),
     "JPEG with 900 comment segments (at the limit)": ("comments.jpeg", lambda: jpeg_header_bomb(b"\xff\xfe\x00\x02", 900), None),
     "PNG with 2 M unknown chunks": ("chunks.png", lambda: png_chunk_bomb(b"zzZz", b"", 2_100_000), "chunks besides its image"),
     "PNG with 1.3 M text chunks": ("texts.png", lambda: png_chunk_bomb(b"tEXt", b"a\0b", 1_260_000), "chunks besides its image"),
     "PNG with 900 text chunks (at the limit)": ("edgetexts.png", lambda: png_chunk_bomb(b"tEXt", b"a\0b", 900), None),
     "deflated YBR_FULL DICOM 5477x5477 (90 MB decoded)": ("ybr.dcm", deflated_ybr_bomb, None),
+    # GIF blocks, which Pillow walks in Python (and joins comment pieces quadratically): > 2 minutes, or 8 s.
+    "GIF with a 20 MB comment of one-byte pieces": ("comment.gif", lambda: gif_with(b"\x21\xfe" + b"\x01a" * 10 * 2**20 + b"\0"),
+                                                    "comment pieces"),
+    "GIF with 8 M empty comments": ("comments.gif", lambda: gif_with(b"\x21\xfe\0" * 8 * 2**20), "extension blocks"),
+    "GIF with 100 MB of stray bytes": ("stray.gif", lambda: gif_with(b"\x07" * 100 * 2**20), "blocks"),
+    "GIF with 40 M one-byte blocks after its image": (
+        "blocks.gif", lambda: gif_with(after_image=b"\x21\x01" + b"\x01a" * 40 * 2**20 + b"\0"), "blocks"),
+    "GIF animation of 5,000 frames": ("frames.gif", gif_animation, "more than 10 frames"),
+    "GIF with a 230 kB comment (at the limit)": ("edgecomment.gif", lambda: gif_with(b"\x21\xfe" + (b"\xff" + b"a" * 255) * 900 + b"\0"),
+                                                 None),
+    "GIF 4000x4000 of noise (21 MB)": ("noise.gif", lambda: png(Image.fromarray(np.random.default_rng(0).integers(
+        0, 256, (4000, 4000), dtype=np.uint8)), format="GIF"), None),
+    "JPEG 2000 DICOM, a JP2 frame of 1.3 M boxes": ("boxes.dcm", lambda: jp2_dicom(1_300_000), "1,000 boxes"),
+    "JPEG 2000 DICOM, a JP2 frame of 900 boxes (at the limit)": ("edgeboxes.dcm", lambda: jp2_dicom(900), None),
 }
 
 
