@@ -23,7 +23,8 @@ from collections import Counter
 from pathlib import Path
 
 # Every upload and every output file lives in this private folder: each upload is deleted as soon as it is
-# answered (or after WAITING_UPLOAD_LIFETIME_S if it never is), anything else after FILE_LIFETIME_S, and the
+# answered (or after WAITING_UPLOAD_LIFETIME_S if it never is), a batch's CSV after CSV_LIFETIME_S, anything else
+# after FILE_LIFETIME_S, and the
 # folder itself at exit (Ctrl-C or SIGTERM) or, after a hard kill, at the next start. Set before Gradio is
 # imported, and not overridable: "never kept" must hold.
 TEMP_PREFIX = "pneumonia-xray-"
@@ -58,6 +59,7 @@ ERROR_TITLE = "Cannot analyse this file"
 WAITING_TEXT = "*The answer for your X-ray appears here.*"
 MAX_FILE_SIZE = "25mb"
 MAX_BATCH_FILES = 100
+BATCH_HEADERS = ["file", "P(pneumonia)", "decision", "note"]
 BATCH_TIME_BUDGET_S = 60  # one batch holds the batch worker at most about this long
 # Batches waiting behind the running one; more are turned away at once, so batches cannot fill the shared queue
 # (64 events) and single X-rays always find room. One page (on a Space, one client) may have one batch waiting.
@@ -66,7 +68,11 @@ SINGLE_XRAY = "single_xray"  # the concurrency group of every one-file event (on
 # Requests one client (an address; on a Space, as Hugging Face's proxy saw it) may have waiting: on a Space 16 of
 # the queue's 64, elsewhere no limit (a load test from one machine is many users at one address).
 MAX_WAITING_PER_CLIENT = int(os.environ.get("MAX_WAITING_PER_CLIENT", "16" if os.environ.get("SPACE_ID") else "0"))
-FILE_LIFETIME_S = 45  # outputs (heatmaps, CSVs) are fetched within seconds; the purge runs every PURGE_EVERY_S
+FILE_LIFETIME_S = 45  # outputs (heatmaps) are fetched within seconds; the purge runs every PURGE_EVERY_S
+# A batch's CSV waits for its reader to look through the table first: kept this long, in a folder named CSV_PREFIX...
+# (upload folders are named by Gradio with hexadecimal digits only, so no upload can claim the longer lifetime).
+CSV_LIFETIME_S = 15 * 60
+CSV_PREFIX = "csv-"
 PURGE_EVERY_S = 10
 # An upload still waiting for its answer (queued behind a long batch, or a batch still reading) is kept this long.
 WAITING_UPLOAD_LIFETIME_S = 600
@@ -80,6 +86,18 @@ HEATMAP_CAPTION = (
     "calls NORMAL stays uncoloured. It shows what the model looked at, not where disease is; colour outside "
     "the lungs (edges, markers, the body's outline) means the model used something other than the lungs."
 )
+
+
+PAGE_CSS = """
+.population-warning { border-left: 6px solid #d97706; background: #fef3c7; color: #78350f; padding: 0.6em 0.9em;
+                      border-radius: 6px; margin-bottom: 0.8em; }
+@media (max-width: 640px) { #batch-results table { min-width: 600px; } }
+"""
+# Screen readers hear the answer when it arrives.
+PAGE_JS = "() => { document.getElementById('decision')?.setAttribute('aria-live', 'polite'); }"
+# On a phone the answer lies below the upload and its preview: bring it into view when it arrives.
+SCROLL_TO_DECISION_JS = ("(file) => { if (file && window.innerWidth < 768) document.getElementById('decision')"
+                         "?.scrollIntoView({behavior: 'smooth', block: 'start'}); return []; }")
 
 
 def user_error(message: str) -> gr.Error:
@@ -120,6 +138,10 @@ class UploadFolder:
         parts = file.relative_to(self.root).parts
         return str(file) in self.protected or (len(parts) > 1 and parts[0].startswith(EXAMPLES_PREFIX))
 
+    def is_batch_csv(self, file: Path) -> bool:
+        parts = file.relative_to(self.root).parts
+        return len(parts) == 2 and parts[0].startswith(CSV_PREFIX) and file.suffix == ".csv"
+
     def holds(self, path: str) -> bool:
         """Whether a file reference points into this folder, where uploads and examples are: anything else is no
         file this app received (a URL resolves as a relative path, outside it)."""
@@ -149,16 +171,19 @@ class UploadFolder:
         except OSError:  # a folder sent as the file, or a folder another upload still uses
             pass
 
-    def purge(self, max_age_s: float, waiting_max_age_s: float = WAITING_UPLOAD_LIFETIME_S) -> None:
-        """Delete files older than `max_age_s` (outputs, spool files of refused requests), and uploads still
-        waiting for their answer once older than `waiting_max_age_s` (never asked about, or the queue gave up)."""
+    def purge(self, max_age_s: float, waiting_max_age_s: float = WAITING_UPLOAD_LIFETIME_S,
+              csv_max_age_s: float = CSV_LIFETIME_S) -> None:
+        """Delete files older than `max_age_s` (outputs, spool files of refused requests), batch CSVs older than
+        `csv_max_age_s`, and uploads still waiting for their answer once older than `waiting_max_age_s` (never
+        asked about, or the queue gave up)."""
         now = time.time()
         with self.lock:
             waiting = set(self.waiting)
         for file in self.root.rglob("*"):
             try:
                 key = str(file.resolve())
-                max_age = waiting_max_age_s if key in waiting else max_age_s
+                max_age = (waiting_max_age_s if key in waiting else csv_max_age_s if self.is_batch_csv(file)
+                           else max_age_s)
                 if file.is_file() and not self.is_example(file) and file.stat().st_mtime < now - max_age:
                     file.unlink()
                     with self.lock:
@@ -217,12 +242,21 @@ def decision_markdown(prediction) -> str:
     side = "at or above" if prediction.decision == "PNEUMONIA" else "below"
     text = (
         f"### Decision: **{prediction.decision}**\n\n"
-        f"Calibrated probability of pneumonia: **{probability:.1%}**, {side} the model's operating threshold of "
+        f"Calibrated probability of pneumonia: **{shown_percent(probability)}**, {side} the model's operating threshold of "
         f"**{threshold:.1%}**, which was chosen on held-out validation X-rays."
     )
     if note:
-        text = f"> ⚠️ **{note}**\n\n" + text
+        text = f'<div class="population-warning" role="alert">⚠️ <strong>{html.escape(note)}</strong></div>\n\n' + text
     return text
+
+
+def shown_percent(probability: float) -> str:
+    """No film is 100 % or 0 % anything: the extremes read as "> 99.9%" and "< 0.1%" (the JSON keeps the number)."""
+    if probability >= 0.9995:
+        return "> 99.9%"
+    if probability < 0.0005:
+        return "< 0.1%"
+    return f"{probability:.1%}"
 
 
 def error_markdown(message: str) -> str:
@@ -327,7 +361,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
         stay uploaded, so a retry from the page works)."""
         waiting = lambda: [batch_owner(event.request, event.session_hash) for event in waiting_events(demo)  # noqa: E731
                            if event.fn.api_name == "predict_batch"]
-        message = (too_many_files(paths or []) or client_refusal(request)
+        message = (("Upload one or more chest X-rays first." if not paths else too_many_files(paths)) or client_refusal(request)
                    or batches.refusal(waiting, batch_owner(request, request.session_hash), MAX_WAITING_BATCHES,
                                       BATCH_TIME_BUDGET_S))
         return gr.validate(message is None, message or "")
@@ -350,7 +384,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             for path in paths:
                 uploads.discard(path)
         rows = [[r.file, r.pneumonia_probability, batch_decision(r), plain(r.error or r.message) or ""] for r in results]
-        csv_path = write_csv(results, Path(tempfile.mkdtemp(dir=UPLOAD_DIR)) / "pneumonia_predictions.csv")
+        csv_path = write_csv(results, Path(tempfile.mkdtemp(dir=UPLOAD_DIR, prefix=CSV_PREFIX)) / "pneumonia_predictions.csv")
         return rows, str(csv_path)
 
     with gr.Blocks(title="Pneumonia on chest X-rays") as demo:
@@ -386,7 +420,8 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             # The page's event and its API twins share one worker (SINGLE_XRAY): each holds at most one decoded upload,
             # so four requests of the worst admissible file at once cannot hold four of them in memory.
             upload.change(show_upload, upload, [preview, confidences, decision, heatmap, legend, answer],
-                          api_visibility="private", show_progress="minimal", validator=admit_single, concurrency_id=SINGLE_XRAY)
+                          api_visibility="private", show_progress="minimal", validator=admit_single, concurrency_id=SINGLE_XRAY
+                          ).then(None, upload, None, js=SCROLL_TO_DECISION_JS, api_visibility="private")
             # API-only twins of the page: one file in, the answer out.
             predict_trigger = gr.Button(visible=False)
             predict_trigger.click(predict, upload, answer, api_name="predict", validator=admit_single, concurrency_id=SINGLE_XRAY)
@@ -397,13 +432,14 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             batch_upload = gr.File(label=f"Up to {MAX_BATCH_FILES} X-rays", file_count="multiple", type="filepath",
                                    elem_id="batch-upload")
             batch_button = gr.Button("Analyse all", variant="primary", elem_id="analyse-all")
-            table = gr.Dataframe(headers=["file", "P(pneumonia)", "decision", "note"], label="Results", interactive=False, wrap=True,
+            table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False, wrap=True,
                                  column_widths=["24%", "13%", "12%", "51%"],
                                  elem_id="batch-results")
-            csv_file = gr.File(label="CSV download", elem_id="batch-csv")
+            csv_file = gr.File(label=f"CSV download (kept for {CSV_LIFETIME_S // 60} minutes)", elem_id="batch-csv")
             batch_button.click(predict_batch, batch_upload, [table, csv_file], api_name="predict_batch", validator=admit_batch)
             # In the browser alone: nothing for the server to prepare, and no event for a script to queue.
-            batch_upload.change(None, None, [table, csv_file], js="() => [null, null]", api_visibility="private")
+            batch_upload.change(None, None, [table, csv_file], js=f"() => [{{headers: {json.dumps(BATCH_HEADERS)}, data: []}}, null]",
+                                api_visibility="private")
         with gr.Tab("About & API"):
             gr.Markdown(about_markdown(classifier, model_name))
         gr.Markdown(f"Model: {card_link(classifier, model_name)}. From code: “Use via API” below, or the About & API tab.",
@@ -562,6 +598,8 @@ def serve(demo: gr.Blocks, host: str, port: int, quiet: bool = False):
         server_port=port,
         max_file_size=MAX_FILE_SIZE,
         theme=gr.themes.Soft(),
+        css=PAGE_CSS,
+        js=PAGE_JS,
         footer_links=["api"],
         run_history=False,
         enable_monitoring=False,

@@ -85,7 +85,8 @@ DESCRIPTOR_NAMES = ([f"layout_{i}" for i in range(LAYOUT_SIDE * LAYOUT_SIDE)] + 
                     + ["grey_std", "roughness_x", "roughness_y", "left_right_symmetry", "white_fraction",
                        "black_fraction", "log_colourfulness", "mid_grey_peak_share", "mid_grey_entropy",
                        "mid_grey_flat_fraction"])
-# A reason guessed by the reason head only counts when it is this sure; otherwise "unlike the training X-rays".
+# A reason guessed by the reason head only counts when it is this sure; otherwise "unlike the training X-rays",
+# whichever check refused the image.
 MIN_REASON_PROBABILITY = 0.5
 
 
@@ -307,20 +308,22 @@ class OodGate:
         outcomes = []
         for i in range(len(inputs)):
             if not_frontal[i]:
-                outcomes.append(refusal(self._reason(reason_logits[i], sure=False)))
+                outcomes.append(refusal(self._reason(reason_logits[i])))
             elif adult[i] and adult_like[i]:  # an adult's film, even where it is unlike the children's
-                outcomes.append(refusal(self._reason(reason_logits[i], sure=False)) if adult_view[i] else caution("adult"))
+                outcomes.append(refusal(self._reason(reason_logits[i])) if adult_view[i] else caution("adult"))
             elif adult[i] or unlike[i]:  # unlike the children's films, and unlike the adults' too
-                outcomes.append(refusal(self._reason(reason_logits[i], sure=True)))
+                outcomes.append(refusal(self._reason(reason_logits[i])))
             else:
                 outcomes.append(ANSWER)
         return outcomes
 
-    def _reason(self, logits: np.ndarray, sure: bool) -> str:
+    def _reason(self, logits: np.ndarray) -> str:
+        """The kind the reason head names, where it is sure of it: a refusal that names the wrong kind (a CT slice
+        called a side view) misleads more than the plain sentence does."""
         probabilities = np.exp(logits - logits.max())
         probabilities /= probabilities.sum()
         best = int(probabilities.argmax())
-        if sure and probabilities[best] < MIN_REASON_PROBABILITY:
+        if probabilities[best] < MIN_REASON_PROBABILITY:
             return "unlike_training_xrays"
         return self.reason_codes[best]
 

@@ -129,11 +129,38 @@ def test_the_batch_tab_fills_the_table_and_says_when_the_space_is_busy(page, tmp
     page.locator("#batch-csv").get_by_text("pneumonia_predictions").wait_for(timeout=10_000)
     screenshot(page, tmp_path, "batch")
 
+    # A new set of files clears the last answer and keeps the table's headers.
+    page.locator("#batch-upload input[type=file]").set_input_files(str(films[0]))
+    page.wait_for_function("() => !document.querySelector('#batch-results').innerText.includes('batch-1.png')",
+                           timeout=15_000)
+    assert all(header in page.locator("#batch-results").inner_text() for header in ("P(pneumonia)", "decision", "note"))
+
     # The Space full of batches: the person is told at once, not left waiting.
     monkeypatch.setattr(app, "MAX_WAITING_BATCHES", 0)
     page.locator("#analyse-all").click()
     page.get_by_text("The Space is busy").wait_for(timeout=15_000)
     screenshot(page, tmp_path, "batch-busy")
+
+
+def test_analyse_all_without_files_asks_for_them_and_leaves_no_error_on_the_results(page, tmp_path):
+    page.get_by_role("tab", name="Batch").click()
+    page.locator("#analyse-all").click()
+    page.get_by_text("Upload one or more chest X-rays first.").wait_for(timeout=15_000)
+    assert "Error" not in page.locator("#batch-results").inner_text() + page.locator("#batch-csv").inner_text()
+    assert "P(pneumonia)" in page.locator("#batch-results").inner_text()
+    screenshot(page, tmp_path, "batch-without-files")
+
+
+def test_on_a_phone_the_answer_is_brought_into_view_and_announced(browser, app_url, tmp_path):
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(app_url, wait_until="networkidle")
+    assert page.locator("#decision").get_attribute("aria-live") == "polite"
+    upload(page, good_xray(tmp_path))
+    page.locator("#decision").get_by_text("Decision:").wait_for(timeout=30_000)
+    page.wait_for_function("() => { const box = document.querySelector('#decision').getBoundingClientRect();"
+                           " return box.top >= 0 && box.top < window.innerHeight / 2; }", timeout=10_000)
+    screenshot(page, tmp_path, "phone-answer")
+    page.close()
 
 
 def test_a_phone_sized_screen_shows_the_disclaimer_and_a_readable_footer(browser, app_url, tmp_path):
@@ -183,4 +210,27 @@ def test_clicking_an_example_loads_it_and_answers(browser, examples_app_url, tmp
     assert "pneumonia_film1" in page.locator("#xray-upload").inner_text()  # the example is the file on the page
     page.locator("#upload-preview img").wait_for(timeout=10_000)
     screenshot(page, tmp_path, "example-clicked")
+    page.close()
+
+
+@pytest.mark.skipif(not (REAL_DATA.parent / "adult_nih").is_dir(), reason="adult NIH films in ../shared/data are absent")
+def test_an_adult_film_gets_its_answer_under_a_warning_that_stands_out(browser, bundled_app_url, tmp_path):
+    """Any adult film the gate warns about: the warning is a coloured callout above the decision."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(bundled_app_url, wait_until="networkidle")
+    for film in sorted((REAL_DATA.parent / "adult_nih" / "NORMAL").iterdir())[:10]:
+        upload(page, film)
+        page.wait_for_function(f"() => document.querySelector('#xray-upload').innerText.includes({film.stem!r})"
+                               " && /Decision:|No decision/.test(document.querySelector('#decision').innerText)",
+                               timeout=30_000)
+        warning = page.locator("#decision .population-warning")
+        if warning.count():
+            break
+    else:
+        pytest.skip("the gate warned about none of the first ten adult films")
+    assert "children aged 1 to 5" in warning.inner_text()
+    colour = warning.evaluate("element => getComputedStyle(element).backgroundColor")
+    assert colour not in ("rgba(0, 0, 0, 0)", "transparent"), colour
+    assert "Decision:" in page.locator("#decision").inner_text()
+    screenshot(page, tmp_path, "adult-warning")
     page.close()

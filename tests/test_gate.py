@@ -137,6 +137,27 @@ def test_an_adult_looking_image_is_refused_once_it_also_looks_like_another_view(
     assert older.judge(descriptors, features)[0].gate == OUTSIDE_POPULATION
 
 
+def test_a_refusal_names_a_kind_only_when_the_reason_head_is_sure_of_it():
+    """A CT slice the not-frontal head refuses but the reason head half calls a side view gets the plain sentence."""
+    from chestxray.ood import Gaussian, LinearHead, OodGate
+
+    width = 3  # input 0: the not-frontal score; inputs 1 and 2: the two reasons' logits
+
+    def head(weight):
+        return LinearHead(np.zeros(width), np.ones(width), np.array(weight, dtype=float), np.zeros(len(weight)))
+
+    near = Gaussian(np.zeros(0), np.zeros((0, 0)))
+    thresholds = {"density": 1.0, "adult_density": -1.0, "not_frontal": 0.0, "adult": 10.0}
+    gate = OodGate(near, near, head([[1, 0, 0]]), head([[0, 0, 0]]), head([[0, 1, 0], [0, 0, 1]]),
+                   ["lateral_view", "not_radiograph"], thresholds, np.zeros(1), {})
+    features = np.array([[1.0, 0.0, 3.0], [1.0, 0.2, 0.0]])  # sure (95 %), fairly sure (55 %)
+    reasons = [outcome.reason for outcome in gate.judge(np.zeros((2, 0)), features)]
+    assert reasons == ["not_radiograph", "lateral_view"]
+    three = OodGate(near, near, head([[1, 0, 0]]), head([[0, 0, 0]]), head([[0, 1, 0], [0, 0, 1], [0, 0, 0]]),
+                    ["lateral_view", "not_radiograph", "other_body_part"], thresholds, np.zeros(1), {})
+    assert three.judge(np.zeros((1, 0)), np.array([[1.0, 0.5, 0.0]]))[0].reason == "unlike_training_xrays"  # 45 %
+
+
 def test_batch_rows_and_csv_say_there_is_no_decision(tiny, tmp_path):
     chest, blank = tmp_path / "chest.png", tmp_path / "blank.png"
     synthetic_xray(1, 2, size=64).save(chest)

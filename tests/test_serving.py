@@ -115,6 +115,28 @@ def test_unanswered_uploads_and_old_outputs_are_purged_but_examples_stay(tmp_pat
     assert not named_like_an_example.exists() and not unasked.exists()
 
 
+def test_a_batch_csv_outlives_the_other_outputs_for_its_own_lifetime(tmp_path):
+    """A person reads the table before downloading the CSV: it stays its own lifetime, and only a CSV the app
+    wrote (in a folder of its prefix) does."""
+    folder = app.UploadFolder(str(tmp_path))
+    csv_file = tmp_path / f"{app.CSV_PREFIX}abc" / "pneumonia_predictions.csv"
+    heatmap = tmp_path / "def" / "heatmap.jpeg"
+    lookalike = tmp_path / f"{app.CSV_PREFIX}abc" / "film.png"
+    for path in (csv_file, heatmap, lookalike):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"data")
+        os.utime(path, (time.time() - 120, time.time() - 120))
+    folder.purge(max_age_s=45, csv_max_age_s=600)
+    assert csv_file.is_file() and not heatmap.exists() and not lookalike.exists()
+    os.utime(csv_file, (time.time() - 700, time.time() - 700))
+    folder.purge(max_age_s=45, csv_max_age_s=600)
+    assert not csv_file.exists() and not csv_file.parent.exists()
+
+
+def test_the_headline_never_says_certain():
+    assert [app.shown_percent(p) for p in (0.99996, 0.9994, 0.5, 0.0012, 0.0004)] == ["> 99.9%", "99.9%", "50.0%", "0.1%", "< 0.1%"]
+
+
 def test_only_files_in_the_upload_folder_can_be_referred_to(tmp_path):
     folder = app.UploadFolder(str(tmp_path))
     (tmp_path / "abc").mkdir()
@@ -653,12 +675,15 @@ def test_a_request_of_thousands_of_values_is_refused_before_gradio_lists_each_in
 
 
 def test_the_browser_only_event_cannot_be_queued(url):
-    """The batch tab clears its table in the browser; joining that event's index would queue a function-less job."""
+    """The batch tab clears its table in the browser, and a phone scrolls to the answer; joining such an event's
+    index would queue a function-less job."""
     dependencies = httpx.get(f"{url}config", timeout=30).json()["dependencies"]
-    (browser_only,) = [d["id"] for d in dependencies if not d.get("backend_fn")]
-    response = httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
-        "data": [], "fn_index": browser_only, "session_hash": "js", "event_data": None, "trigger_id": None})
-    assert response.status_code == 400
+    browser_only = [d["id"] for d in dependencies if not d.get("backend_fn")]
+    assert len(browser_only) == 2
+    for index in browser_only:
+        response = httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
+            "data": [], "fn_index": index, "session_hash": "js", "event_data": None, "trigger_id": None})
+        assert response.status_code == 400
 
 
 def test_a_request_naming_thousands_of_files_is_refused_before_gradio_prepares_them(url, tmp_path):
