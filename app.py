@@ -91,13 +91,25 @@ HEATMAP_CAPTION = (
 PAGE_CSS = """
 .population-warning { border-left: 6px solid #d97706; background: #fef3c7; color: #78350f; padding: 0.6em 0.9em;
                       border-radius: 6px; margin-bottom: 0.8em; }
-@media (max-width: 640px) { #batch-results table { min-width: 600px; } }
-"""
+#xray-upload a, #batch-upload a { pointer-events: none; color: inherit; text-decoration: none; }
+@media (max-width: 767px) {  /* a phone: the answer right under the file, the picture after it */
+  #upload-column { display: contents; }
+  #xray-upload { order: 1; } #upload-hint { order: 2; } #result-column { order: 3; } #upload-preview { order: 4; }
+  #xray-upload, #upload-hint, #upload-preview { width: 100%; }
+}
+"""  # uploads are deleted once answered: their own download links would only fail
 # Screen readers hear the answer when it arrives.
 PAGE_JS = "() => { document.getElementById('decision')?.setAttribute('aria-live', 'polite'); }"
-# On a phone the answer lies below the upload and its preview: bring it into view when it arrives.
-SCROLL_TO_DECISION_JS = ("(file) => { if (file && window.innerWidth < 768) document.getElementById('decision')"
-                         "?.scrollIntoView({behavior: 'smooth', block: 'start'}); return []; }")
+
+
+PREDICT_DESCRIPTION = (
+    "One X-ray file (PNG, JPEG, TIFF, BMP, WebP or DICOM) in, a JSON answer out: decision (NORMAL, PNEUMONIA, or null "
+    "when the image is not a frontal chest X-ray), pneumonia_probability, threshold, confidences, gate, gate_reason, "
+    "message, model, disclaimer. A file that cannot be read raises an error with a one-line message.")
+ANALYSE_DESCRIPTION = ("The page's answer for one X-ray: the calibrated probabilities, the decision in words (Markdown), "
+                       "the Grad-CAM heatmap (JPEG) and the JSON of /predict.")
+BATCH_DESCRIPTION = (f"Up to {MAX_BATCH_FILES} X-ray files: a table (file, P(pneumonia), decision, note) and a CSV "
+                     f"of the same rows, kept for {CSV_LIFETIME_S // 60} minutes. An unreadable file is a row that says why.")
 
 
 def user_error(message: str) -> gr.Error:
@@ -315,7 +327,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
     def cleared(decision_text: str) -> tuple:
         """No picture, bars, heatmap, legend or JSON: only `decision_text` where the decision goes."""
         hidden = gr.update(value=None, visible=False)
-        return None, hidden, decision_text, hidden, gr.update(visible=False), None
+        return hidden, hidden, decision_text, hidden, gr.update(visible=False), None
 
     def show_upload(path: str | None, request: gr.Request):
         """The page's answer to a new file (or to a cleared one): every output follows the input."""
@@ -331,7 +343,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
         heatmap = heatmap_for(image, prediction, shown)
         shows_result = not refused(prediction)
         return (
-            shown,
+            gr.update(value=shown, visible=True),  # a refused image too: the person sees what they sent
             gr.update(value=prediction.probabilities if shows_result else None, visible=shows_result),
             decision_markdown(prediction),
             gr.update(value=heatmap, visible=shows_result),
@@ -395,14 +407,15 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
                         "children only.", elem_id="missing-gate")
         with gr.Tab("Single X-ray"):
             with gr.Row(equal_height=True):
-                with gr.Column():
+                with gr.Column(elem_id="upload-column"):
                     # No file_types filter: DICOM often has no extension; the reader explains anything it cannot use.
                     upload = gr.File(label="Chest X-ray (PNG, JPEG, TIFF, BMP, WebP or DICOM)", type="filepath", elem_id="xray-upload")
                     gr.Markdown("Upload a frontal chest X-ray of a child, the whole film as exported rather than a crop of it "
-                                "(a tighter framing makes a false PNEUMONIA more likely): the answer appears as soon as the file arrives.")
+                                "(a tighter framing makes a false PNEUMONIA more likely): the answer appears as soon as the file arrives.",
+                                elem_id="upload-hint")
                     preview = gr.Image(label="Your upload", type="pil", format="jpeg", height=IMAGE_HEIGHT, interactive=False,
-                                       buttons=["fullscreen"], elem_id="upload-preview")
-                with gr.Column():
+                                       buttons=["fullscreen"], visible=False, elem_id="upload-preview")
+                with gr.Column(elem_id="result-column"):
                     decision = gr.Markdown(WAITING_TEXT, label="Decision", elem_id="decision")
                     # No heading: the top bar is the argmax, but the decision is made at the stored threshold.
                     confidences = gr.Label(num_top_classes=2, label="Calibrated probabilities", show_heading=False,
@@ -420,14 +433,14 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             # The page's event and its API twins share one worker (SINGLE_XRAY): each holds at most one decoded upload,
             # so four requests of the worst admissible file at once cannot hold four of them in memory.
             upload.change(show_upload, upload, [preview, confidences, decision, heatmap, legend, answer],
-                          api_visibility="private", show_progress="minimal", validator=admit_single, concurrency_id=SINGLE_XRAY
-                          ).then(None, upload, None, js=SCROLL_TO_DECISION_JS, api_visibility="private")
+                          api_visibility="private", show_progress="minimal", validator=admit_single, concurrency_id=SINGLE_XRAY)
             # API-only twins of the page: one file in, the answer out.
             predict_trigger = gr.Button(visible=False)
-            predict_trigger.click(predict, upload, answer, api_name="predict", validator=admit_single, concurrency_id=SINGLE_XRAY)
+            predict_trigger.click(predict, upload, answer, api_name="predict", validator=admit_single, concurrency_id=SINGLE_XRAY,
+                                  api_description=PREDICT_DESCRIPTION)
             analyse_trigger = gr.Button(visible=False)
             analyse_trigger.click(analyse, upload, [confidences, decision, heatmap, answer], api_name="analyse", validator=admit_single,
-                                  concurrency_id=SINGLE_XRAY)
+                                  concurrency_id=SINGLE_XRAY, api_description=ANALYSE_DESCRIPTION)
         with gr.Tab("Batch"):
             batch_upload = gr.File(label=f"Up to {MAX_BATCH_FILES} X-rays", file_count="multiple", type="filepath",
                                    elem_id="batch-upload")
@@ -435,8 +448,11 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False, wrap=True,
                                  column_widths=["24%", "13%", "12%", "51%"],
                                  elem_id="batch-results")
-            csv_file = gr.File(label=f"CSV download (kept for {CSV_LIFETIME_S // 60} minutes)", elem_id="batch-csv")
-            batch_button.click(predict_batch, batch_upload, [table, csv_file], api_name="predict_batch", validator=admit_batch)
+            csv_file = gr.File(label="CSV download", elem_id="batch-csv")
+            gr.Markdown(f"The CSV is kept for {CSV_LIFETIME_S // 60} minutes after the batch is answered, then deleted.",
+                        elem_id="csv-lifetime")
+            batch_button.click(predict_batch, batch_upload, [table, csv_file], api_name="predict_batch", validator=admit_batch,
+                               api_description=BATCH_DESCRIPTION)
             # In the browser alone: nothing for the server to prepare, and no event for a script to queue.
             batch_upload.change(None, None, [table, csv_file], js=f"() => [{{headers: {json.dumps(BATCH_HEADERS)}, data: []}}, null]",
                                 api_visibility="private")

@@ -151,14 +151,17 @@ def test_analyse_all_without_files_asks_for_them_and_leaves_no_error_on_the_resu
     screenshot(page, tmp_path, "batch-without-files")
 
 
-def test_on_a_phone_the_answer_is_brought_into_view_and_announced(browser, app_url, tmp_path):
+def test_on_a_phone_the_answer_comes_right_under_the_file_and_is_announced(browser, app_url, tmp_path):
     page = browser.new_page(viewport={"width": 390, "height": 844})
     page.goto(app_url, wait_until="networkidle")
     assert page.locator("#decision").get_attribute("aria-live") == "polite"
     upload(page, good_xray(tmp_path))
     page.locator("#decision").get_by_text("Decision:").wait_for(timeout=30_000)
-    page.wait_for_function("() => { const box = document.querySelector('#decision').getBoundingClientRect();"
-                           " return box.top >= 0 && box.top < window.innerHeight / 2; }", timeout=10_000)
+    page.locator("#upload-preview img").wait_for(timeout=10_000)
+    boxes = {name: page.locator(f"#{name}").bounding_box() for name in ("xray-upload", "upload-hint", "decision", "upload-preview")}
+    assert boxes["xray-upload"]["y"] < boxes["decision"]["y"] < boxes["upload-preview"]["y"]
+    # only the one-paragraph hint lies between the file and its answer
+    assert boxes["decision"]["y"] - (boxes["xray-upload"]["y"] + boxes["xray-upload"]["height"]) < boxes["upload-hint"]["height"] + 60
     screenshot(page, tmp_path, "phone-answer")
     page.close()
 
