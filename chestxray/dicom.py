@@ -152,10 +152,15 @@ def _after_pixel_data(tag: int, vr: str | None, length: int) -> bool:
 def _checked_pixel_module(dataset: Dataset, name: str, limits: ReadLimits) -> PixelModule:
     """Every refusal that the header alone can justify, before a pixel is decoded."""
     modality = _code(dataset, "Modality")
+    if modality is None and _unreadable_code(dataset, "Modality"):  # padded, multi-valued or garbled: not trusted
+        raise ImageReadError(f"`{name}` has a DICOM modality this tool cannot read (CR or DX expected).")
     if modality and modality not in RADIOGRAPH_MODALITIES:
         kind = OTHER_MODALITIES.get(modality, "an image of another kind")
         raise ImageReadError(f"`{name}` is {kind}, not a chest X-ray (DICOM modality CR or DX expected).")
-    photometric = _code(dataset, "PhotometricInterpretation") or "MONOCHROME2"
+    photometric = _code(dataset, "PhotometricInterpretation")
+    if photometric is None and _unreadable_code(dataset, "PhotometricInterpretation"):
+        raise ImageReadError(f"`{name}` has a photometric interpretation this tool cannot read (expected MONOCHROME1/2).")
+    photometric = photometric or "MONOCHROME2"
     if photometric == "PALETTE COLOR":
         raise ImageReadError(f"`{name}` uses a colour palette (as ultrasound does), not the grey scale of an X-ray.")
     if photometric not in GREY_PHOTOMETRIC | COLOUR_PHOTOMETRIC:
@@ -256,6 +261,14 @@ def _code(dataset: Dataset, keyword: str) -> str | None:
     value = _value(dataset, keyword)
     text = value.strip().upper() if isinstance(value, str) else ""
     return text if re.fullmatch(r"[A-Z0-9_ ]{1,16}", text) else None
+
+
+def _unreadable_code(dataset: Dataset, keyword: str) -> bool:
+    """A code element that holds something, but not one readable code (an empty one is as good as absent)."""
+    if keyword not in dataset:
+        return False
+    value = _value(dataset, keyword)
+    return not (isinstance(value, str) and not value.strip()) and _code(dataset, keyword) is None
 
 
 def _spacing(dataset: Dataset, keyword: str) -> float | None:

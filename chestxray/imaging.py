@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, ImageChops, ImageMode, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageMode, UnidentifiedImageError
 
 from chestxray.ood import colourfulness
 from chestxray.upload import (
@@ -26,6 +26,7 @@ from chestxray.upload import (
     check_decoded_bytes,
     check_geometry,
     check_jpeg_scans,
+    check_tiff_structure,
     colour_thumbnail,
     display_name,
     stretch_to_grey,
@@ -42,6 +43,9 @@ PILLOW_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
 _DICOM_MAGIC_OFFSET = 128
 _DICOM_FIRST_GROUPS = (b"\x02\x00", b"\x08\x00")  # file meta, or identifying data of a bare dataset
 ORIENTATION_TAG = 0x0112
+_ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                          8: Image.Transpose.ROTATE_90}  # as ImageOps.exif_transpose
 _NUMERIC_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # 16-bit, 32-bit and float grey
 _GREY_MODES = ("1", "L") + _NUMERIC_MODES
 _TEXT_CHUNK_ERRORS = ("too large", "too much memory")  # Pillow's PNG text-chunk limits
@@ -138,6 +142,7 @@ def _read_raster(data: bytes, name: str, limits: ReadLimits, min_side: int | Non
             if min_side and image.format == "JPEG":
                 image.draft(None, (min_side, min_side))
             image.load()
+            _check_exif(image, name, limits)  # after the pixels: a PNG may carry its EXIF after them
     except ImageReadError:
         raise
     except Exception as error:  # noqa: BLE001 - each decoder failure gets the message that fits it
@@ -179,10 +184,21 @@ def _refuse_slow_rle_bmp(image: Image.Image, size: int, name: str, limits: ReadL
                          "save it as PNG or JPEG and upload that.")
 
 
+def _check_exif(image: Image.Image, name: str, limits: ReadLimits) -> None:
+    """A PNG's or WebP's EXIF block is a TIFF structure that `getexif` parses in Python: walked first. (A TIFF's
+    own tags were walked with the file; a JPEG's EXIF fits in one 64 kB segment.)"""
+    exif = image.info.get("exif")
+    if isinstance(exif, bytes) and image.format in ("PNG", "WEBP"):
+        check_tiff_structure(exif.removeprefix(b"Exif\0\0"), name, limits, directories=2)
+
+
 def _refuse_multi_frame(image: Image.Image, name: str) -> None:
-    """An animation or a stack is refused; frames are counted only up to a few (Pillow's `n_frames` walks them all)."""
+    """An animation or a stack is refused; frames are counted only up to a few (Pillow's `n_frames` walks them all,
+    but an animated PNG or WebP says its count in its header, and seeking there decodes every frame on the way)."""
     if not getattr(image, "is_animated", False):
         return
+    if image.format in ("PNG", "WEBP"):
+        raise ImageReadError(f"`{name}` has {image.n_frames} frames (an animation); upload a single still radiograph.")
     frames = 1
     try:
         while frames <= FRAMES_COUNTED:
@@ -206,8 +222,9 @@ def _upright(image: Image.Image) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            if image.getexif().get(ORIENTATION_TAG, 1) != 1:
-                return ImageOps.exif_transpose(image)
+            method = _ORIENTATION_TRANSPOSE.get(image.getexif().get(ORIENTATION_TAG, 1))
+            if method is not None:
+                return image.transpose(method)  # the pixels only: ImageOps.exif_transpose also rewrites the EXIF
         except Exception:  # noqa: BLE001 - a damaged EXIF block costs only the orientation
             pass
     return image

@@ -7,6 +7,7 @@ The image readers (`chestxray.imaging` for PNG, JPEG, TIFF, BMP, WebP; `chestxra
 from __future__ import annotations
 
 import re
+import struct
 import unicodedata
 from dataclasses import dataclass
 
@@ -53,6 +54,13 @@ class ReadLimits:
     # A JPEG 2000 frame in the JP2 file format: Pillow walks its boxes in Python (10 MB of empty boxes: 2.7 s). A JP2
     # file holds about ten.
     max_jp2_boxes: int = 1_000
+    # TIFF structures (a TIFF file, and the EXIF block of a PNG or WebP) are read by Pillow in Python: an entry at a
+    # time (BigTIFF allows millions in one directory), a Python object per number, a copy of the bytes per entry
+    # (100 entries pointing at one 60 MB blob: 25 s), a decoder call per strip or tile (1 M one-pixel tiles: 6 s).
+    # Writers put tens of entries in a directory and hundreds of strips or tiles in an image.
+    max_tiff_entries: int = 1_000
+    max_tiff_strips: int = 131_072
+    max_tiff_values: int = 65_536
 
     @property
     def max_decoded_bytes(self) -> int:
@@ -66,6 +74,10 @@ _CHUNK_PIXELS = 1 << 20  # pixels converted at a time: temporaries stay at a few
 _FILL = re.compile(rb"\xff+")  # a JPEG marker, after any number of fill bytes
 _STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD9)}  # markers without a length: TEM, RSTn, SOI
 FRAMES_COUNTED = 10  # frames of an animation or stack counted for its message; it is refused whatever its length
+_TIFF_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic TIFF and BigTIFF, either byte order
+_TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+_TIFF_BYTE_TYPES = {1, 2, 6, 7}  # BYTE, ASCII, SBYTE, UNDEFINED: kept as bytes, not a Python object per value
+_TIFF_STRIP_TAGS = {273, 279, 324, 325}  # strip and tile offsets and byte counts: one decoder call each
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
@@ -90,6 +102,49 @@ def check_container(data: bytes, name: str, limits: ReadLimits) -> None:
         _check_gif_blocks(data, name, limits)
     elif data.startswith(_JP2_SIGNATURE):
         _check_jp2_boxes(data, name, limits)
+    elif data.startswith(_TIFF_SIGNATURES):
+        check_tiff_structure(data, name, limits)
+
+
+def check_tiff_structure(data: bytes, name: str, limits: ReadLimits, directories: int = FRAMES_COUNTED + 1) -> None:
+    """Walks the first `directories` directories of a TIFF structure (a file, or an EXIF block without its "Exif"
+    prefix): their entries are counted, never read. Anything damaged is left to the decoder's own words."""
+    if not data.startswith(_TIFF_SIGNATURES):
+        return
+    order, big = ("<" if data[:2] == b"II" else ">"), data[2:4] in (b"+\0", b"\0+")
+    count_format, entry_format, entry_size = (("Q", "HHQ", 20) if big else ("H", "HHI", 12))
+    offset_format = "Q" if big else "I"
+    offset = _unpack(data, order + offset_format, 8 if big else 4)
+    referenced = 0
+    for _ in range(directories):
+        entries = _unpack(data, order + count_format, offset) if offset else None
+        if entries is None:
+            return
+        if entries > limits.max_tiff_entries:
+            _refuse_tiff(name, f"a directory of {entries:,} entries")
+        start = offset + struct.calcsize(order + count_format)
+        for position in range(start, start + entry_size * entries, entry_size):
+            if position + entry_size > len(data):
+                return
+            tag, kind, values = struct.unpack_from(order + entry_format, data, position)
+            referenced += values * _TIFF_TYPE_BYTES.get(kind, 0)
+            if tag in _TIFF_STRIP_TAGS and values > limits.max_tiff_strips:
+                _refuse_tiff(name, f"{values:,} strips or tiles")
+            if tag not in _TIFF_STRIP_TAGS and kind not in _TIFF_BYTE_TYPES and values > limits.max_tiff_values:
+                _refuse_tiff(name, f"a tag of {values:,} numbers")
+        if referenced > len(data):
+            _refuse_tiff(name, "tags that point at the same bytes again and again")
+        offset = _unpack(data, order + offset_format, start + entry_size * entries)
+
+
+def _unpack(data: bytes, form: str, offset: int) -> int | None:
+    return struct.unpack_from(form, data, offset)[0] if 0 < offset <= len(data) - struct.calcsize(form) else None
+
+
+def _refuse_tiff(name: str, what: str) -> None:
+    raise ImageReadError(f"`{name}` holds a TIFF structure (the file, or its EXIF metadata) of {what}, far more than "
+                         "any camera or scanner writes, and slower to read than this app allows; save the image again "
+                         "as an ordinary PNG, JPEG or TIFF and upload that.")
 
 
 def _check_jpeg_header(data: bytes, name: str, limits: ReadLimits) -> None:

@@ -364,6 +364,68 @@ def jp2_dicom(boxes: int) -> bytes:
                                                              0x7FE00010: ("raw", encapsulated(frame))}), JPEG2000_LOSSLESS)
 
 
+# TIFF structures, walked by Pillow in Python (a second review's findings): a TIFF file, and the EXIF of a PNG or WebP.
+def tiff_entry(tag: int, kind: int, count: int, value: int) -> bytes:
+    return struct.pack("<HHII", tag, kind, count, value)
+
+
+def tiff_with_entries(extra, tail: bytes = b"", side: int = 256, drop: tuple[int, ...] = ()) -> bytes:
+    """A grey side x side uncompressed little-endian TIFF: one directory of the usual tags (those in `drop` left out)
+    and `extra(offset of the tail)` entries, then the pixels and `tail`."""
+    usual = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, None),
+             (278, 4, 1, side), (279, 4, 1, side * side)]
+    usual = [entry for entry in usual if entry[0] not in drop]
+    count = len(usual) + len(extra(0))
+    pixels_at = 8 + 2 + 12 * count + 4
+    entries = [tiff_entry(tag, kind, n, pixels_at if value is None else value) for tag, kind, n, value in usual]
+    entries += extra(pixels_at + side * side)
+    return (b"II*\0" + struct.pack("<IH", 8, count) + b"".join(entries) + struct.pack("<I", 0)
+            + bytes(range(256)) * (side * side // 256) + tail)
+
+
+def exif_block(entries: list[bytes], tail: bytes) -> bytes:
+    """An EXIF block (a TIFF header and one directory) whose entries may point at `tail` (at offset 8 + 2 + 12n + 4)."""
+    return b"II*\0" + struct.pack("<IH", 8, len(entries)) + b"".join(entries) + struct.pack("<I", 0) + tail
+
+
+def rereads(count: int, size: int) -> list[bytes]:
+    """`count` entries of one unknown tag, each pointing at the same `size` bytes right after the directory."""
+    return [tiff_entry(65000, 7, size, 8 + 2 + 12 * count + 4)] * count
+
+
+def png_with_exif(exif: bytes) -> bytes:
+    film = png(Image.new("L", (256, 256), 90))
+    return film[:33] + struct.pack(">I", len(exif)) + b"eXIf" + exif + struct.pack(">I", zlib.crc32(b"eXIf" + exif)) + film[33:]
+
+
+def tiny_tiles_tiff(side: int = 1000) -> bytes:
+    """An honest uncompressed grey TIFF in 1x1 tiles: a decoder call per pixel."""
+    tiles = side * side
+    tiff = tiff_with_entries(lambda at: [tiff_entry(322, 3, 1, 1), tiff_entry(323, 3, 1, 1), tiff_entry(324, 1, tiles, at),
+                                         tiff_entry(325, 1, tiles, at + tiles)],
+                             bytes(tiles) + bytes([1]) * tiles, drop=(273, 278, 279))
+    return tiff.replace(tiff_entry(256, 4, 1, 256), tiff_entry(256, 4, 1, side), 1).replace(
+        tiff_entry(257, 4, 1, 256), tiff_entry(257, 4, 1, side), 1)
+
+
+def bigtiff_many_entries(entries: int = 600_000, side: int = 256) -> bytes:
+    """A BigTIFF (whose entry count is 8 bytes) holding `entries` copies of one unknown tag."""
+    usual = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (273, 16, 1, None),
+             (278, 4, 1, side), (279, 16, 1, side * side)]
+    total = len(usual) + entries
+    pixels_at = 16 + 8 + 20 * total + 8
+    packed = b"".join(struct.pack("<HHQQ", tag, kind, n, pixels_at if value is None else value) for tag, kind, n, value in usual)
+    return (b"II+\0" + struct.pack("<HHQQ", 8, 0, 16, total) + packed + struct.pack("<HHQQ", 1000, 3, 1, 0) * entries
+            + struct.pack("<Q", 0) + bytes(side * side))
+
+
+def animated_png(side: int = 1500, frames: int = 12) -> bytes:
+    """RGBA frames composited over the last: seeking to frame 10 decoded every frame on the way (3.5 s at 4740x4740);
+    the header's count is used instead (so the message says 12, not "more than 10")."""
+    images = [Image.new("RGBA", (side, side), (40 + 100 * (i % 2),) * 4) for i in range(frames)]
+    return png(images[0], save_all=True, append_images=images[1:], blend=1, disposal=2)
+
+
 def jpeg_dicom_scan_bomb() -> bytes:
     """A JPEG DICOM of the declared size whose frame is a progressive JPEG of 2,000 scans."""
     frame = progressive_jpeg_scan_bomb(2000, side=80)
@@ -427,6 +489,26 @@ BOMBS = {
         0, 256, (4000, 4000), dtype=np.uint8)), format="GIF"), None),
     "JPEG 2000 DICOM, a JP2 frame of 1.3 M boxes": ("boxes.dcm", lambda: jp2_dicom(1_300_000), "1,000 boxes"),
     "JPEG 2000 DICOM, a JP2 frame of 900 boxes (at the limit)": ("edgeboxes.dcm", lambda: jp2_dicom(900), None),
+    # TIFF structures (before: 2-37 s, up to 6 GB).
+    "TIFF, 50 entries pointing at one 60 MB blob": (
+        "rereads.tiff", lambda: tiff_with_entries(lambda at: [tiff_entry(65000, 7, 60 * 2**20, at)] * 50, bytes(60 * 2**20)),
+        "the same bytes again"),
+    "BigTIFF, a directory of 600,000 entries": ("entries.tiff", bigtiff_many_entries, "600,008 entries"),
+    "TIFF of 1 M one-pixel tiles": ("tiles.tiff", tiny_tiles_tiff, "strips or tiles"),
+    "TIFF, a colour map of 12 M numbers": (
+        "colormap.tiff", lambda: tiff_with_entries(lambda at: [tiff_entry(262, 3, 1, 3), tiff_entry(320, 3, 12_000_000, at)],
+                                                   bytes(24_000_000), drop=(262,)), "12,000,000 numbers"),
+    "PNG whose EXIF has 50 entries pointing at one 60 MB blob": (
+        "rereads.png", lambda: png_with_exif(exif_block(rereads(50, 60 * 2**20), bytes(60 * 2**20))), "the same bytes again"),
+    "PNG whose EXIF turns it and holds 5 M numbers": (
+        "exifarray.png", lambda: png_with_exif(exif_block([tiff_entry(0x0112, 3, 1, 6), tiff_entry(65000, 3, 5_000_000, 38)],
+                                                          bytes(10_000_000))), "5,000,000 numbers"),
+    "WebP whose EXIF has 50 entries pointing at one 60 MB blob": (
+        "rereads.webp", lambda: png(Image.new("RGB", (256, 256), (90, 90, 90)), format="WEBP",
+                                    exif=exif_block(rereads(50, 60 * 2**20), bytes(60 * 2**20))), "the same bytes again"),
+    "APNG of 12 frames 1500x1500 RGBA": ("frames.png", animated_png, "has 12 frames"),
+    "TIFF tiled 64x64, LZW (ordinary)": ("tiled.tiff", lambda: png(Image.fromarray((gradient(2000, 2000) // 16).astype(np.uint8)),
+                                                                   format="TIFF", compression="tiff_lzw", tiffinfo={322: 64, 323: 64}), None),
 }
 
 
@@ -514,6 +596,12 @@ UNEXPECTED_DICOM = {
     "modality US": (image_elements(changes={0x00080060: ("CS", "US")}), EXPLICIT_VR_LE, "ultrasound"),
     "modality MR": (image_elements(changes={0x00080060: ("CS", "MR")}), EXPLICIT_VR_LE, "MRI"),
     "modality XYZ": (image_elements(changes={0x00080060: ("CS", "XYZ")}), EXPLICIT_VR_LE, "an image of another kind"),
+    # A value too long or multi-valued reads as no code: it must not pass for an absent one (a CT read as an X-ray).
+    "modality CT padded past 1 kB": (image_elements(changes={0x00080060: ("CS", "CT" + " " * 1100)}), EXPLICIT_VR_LE,
+                                     "modality this tool cannot read"),
+    "modality CT\\CT": (image_elements(changes={0x00080060: ("CS", "CT\\CT")}), EXPLICIT_VR_LE, "modality this tool cannot read"),
+    "palette colour padded past 1 kB": (image_elements(changes={0x00280004: ("CS", "PALETTE COLOR" + " " * 1100)}),
+                                        EXPLICIT_VR_LE, "photometric interpretation"),
     "a strip 1000x8": (image_elements(gradient(8, 1000)), EXPLICIT_VR_LE, "too small or too narrow"),
     "transfer syntax unknown": (image_elements(), "1.2.3.4.5.6", "unknown DICOM transfer syntax"),
     "JPEG Lossless without a decoder": (image_elements(changes={0x7FE00010: ("raw", encapsulated(b"\xff\xd8\xff\xd9"))}),
@@ -568,6 +656,12 @@ def test_unexpected_dicom_content_gets_its_own_error_and_no_patient_data_anywher
         assert outcome.__context__ is None and outcome.__cause__ is None  # nothing from the parse travels with it
         assert_no_patient_data(str(outcome))
     assert_no_patient_data(leaks)
+
+
+def test_an_empty_modality_or_photometric_element_counts_as_absent():
+    """Anonymisers blank elements: an empty code is no reason to refuse (only an unreadable one is)."""
+    for changes in ({0x00080060: ("CS", "")}, {0x00280004: ("CS", "")}, {0x00080060: ("CS", "  ")}):
+        assert read_image(dicom_bytes(image_elements(changes=changes)), name="blank.dcm").size == (80, 64)
 
 
 def test_a_bad_window_falls_back_to_the_full_range_of_the_image():
