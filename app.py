@@ -522,7 +522,7 @@ The heatmap shows what drove the score, which may be a shortcut rather than dise
 ```python
 from gradio_client import Client, handle_file
 
-client = Client("http://127.0.0.1:7860/")  # or the Space id, e.g. "user/space"
+client = Client({json.dumps(client_target())}){"" if os.environ.get("SPACE_ID") else '  # or the Space id, e.g. "user/space"'}
 client.predict(handle_file("xray.jpeg"), api_name="/predict")   # JSON: decision (null when refused), probability, message
 probabilities, decision_text, heatmap_jpeg, answer = client.predict(handle_file("scan.dcm"), api_name="/analyse")
 table, csv_path = client.predict([handle_file("a.png"), handle_file("b.dcm")], api_name="/predict_batch")
@@ -581,6 +581,11 @@ def find_examples(classifier: PneumoniaClassifier | None = None) -> list[str]:
     if os.environ.get("SPACE_ID"):
         return hub_examples()
     return []
+
+
+def client_target() -> str:
+    """What `gradio_client.Client` needs to reach this app: the Space's id on a Space, else this server's address."""
+    return os.environ.get("SPACE_ID") or f"http://127.0.0.1:{server_port()}/"
 
 
 def server_port() -> int:
