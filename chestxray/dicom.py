@@ -21,6 +21,7 @@ from PIL import Image
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset, read_partial, read_preamble
+from pydicom.multival import MultiValue
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from chestxray.dicom_pixels import PixelModule, decode_pixels, grey_image
@@ -151,10 +152,12 @@ def _after_pixel_data(tag: int, vr: str | None, length: int) -> bool:
 
 def _checked_pixel_module(dataset: Dataset, name: str, limits: ReadLimits) -> PixelModule:
     """Every refusal that the header alone can justify, before a pixel is decoded."""
-    modality = _code(dataset, "Modality")
-    if modality is None and _unreadable_code(dataset, "Modality"):  # padded, multi-valued or garbled: not trusted
+    modalities = _codes(dataset, "Modality")
+    if modalities is None:  # too long to be sane (a CT padded past 1 kB): not taken for an absent one
         raise ImageReadError(f"`{name}` has a DICOM modality this tool cannot read (CR or DX expected).")
-    if modality and modality not in RADIOGRAPH_MODALITIES:
+    # Each value counts (a CT must not pass as "CT\\CT"); free text such as "X-RAY" is no code, as if absent.
+    modality = next((code for code in modalities if code not in RADIOGRAPH_MODALITIES), None)
+    if modality:
         kind = OTHER_MODALITIES.get(modality, "an image of another kind")
         raise ImageReadError(f"`{name}` is {kind}, not a chest X-ray (DICOM modality CR or DX expected).")
     photometric = _code(dataset, "PhotometricInterpretation")
@@ -269,6 +272,19 @@ def _unreadable_code(dataset: Dataset, keyword: str) -> bool:
         return False
     value = _value(dataset, keyword)
     return not (isinstance(value, str) and not value.strip()) and _code(dataset, keyword) is None
+
+
+def _codes(dataset: Dataset, keyword: str) -> list[str] | None:
+    """Every value of a code element that reads as a code ([] when absent or empty), or None when the element is
+    there but too long or malformed to read at all."""
+    if keyword not in dataset:
+        return []
+    value = _value(dataset, keyword)
+    if value is None:
+        return None
+    values = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple, MultiValue)) else []
+    texts = [text.strip().upper() for text in values if isinstance(text, str)]
+    return [text for text in texts if re.fullmatch(r"[A-Z0-9_ ]{1,16}", text)]
 
 
 def _spacing(dataset: Dataset, keyword: str) -> float | None:

@@ -137,9 +137,9 @@ def _read_raster(data: bytes, name: str, limits: ReadLimits, min_side: int | Non
             check_decoded_bytes(image.width, image.height, _bytes_per_pixel(image.mode), name, limits)
             _refuse_multi_frame(image, name)
             _refuse_slow_rle_bmp(image, len(data), name, limits)
-            if image.format == "JPEG":
+            if image.format in ("JPEG", "MPO"):
                 check_jpeg_scans(data, name, limits)
-            if min_side and image.format == "JPEG":
+            if min_side and image.format in ("JPEG", "MPO"):
                 image.draft(None, (min_side, min_side))
             image.load()
             _check_exif(image, name, limits)  # after the pixels: a PNG may carry its EXIF after them
@@ -195,8 +195,8 @@ def _check_exif(image: Image.Image, name: str, limits: ReadLimits) -> None:
 def _refuse_multi_frame(image: Image.Image, name: str) -> None:
     """An animation or a stack is refused; frames are counted only up to a few (Pillow's `n_frames` walks them all,
     but an animated PNG or WebP says its count in its header, and seeking there decodes every frame on the way)."""
-    if not getattr(image, "is_animated", False):
-        return
+    if image.format == "MPO" or not getattr(image, "is_animated", False):
+        return  # a camera's JPEG with a preview or an HDR gain map after it: the first image is the photograph
     if image.format in ("PNG", "WEBP"):
         raise ImageReadError(f"`{name}` has {image.n_frames} frames (an animation); upload a single still radiograph.")
     frames = 1

@@ -57,10 +57,11 @@ class ReadLimits:
     # TIFF structures (a TIFF file, and the EXIF block of a PNG or WebP) are read by Pillow in Python: an entry at a
     # time (BigTIFF allows millions in one directory), a Python object per number, a copy of the bytes per entry
     # (100 entries pointing at one 60 MB blob: 25 s), a decoder call per strip or tile (1 M one-pixel tiles: 6 s).
-    # Writers put tens of entries in a directory and hundreds of strips or tiles in an image.
+    # Writers put tens of entries in a directory and hundreds of strips or tiles in an image; the longest numeric
+    # tags are a 16-bit RGB image's colour map or transfer function, 3 x 65,536 numbers.
     max_tiff_entries: int = 1_000
     max_tiff_strips: int = 131_072
-    max_tiff_values: int = 65_536
+    max_tiff_values: int = 262_144
 
     @property
     def max_decoded_bytes(self) -> int:
@@ -73,6 +74,7 @@ _MAX_NAME_LENGTH = 120
 _CHUNK_PIXELS = 1 << 20  # pixels converted at a time: temporaries stay at a few MB whatever the image size
 _FILL = re.compile(rb"\xff+")  # a JPEG marker, after any number of fill bytes
 _STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD9)}  # markers without a length: TEM, RSTn, SOI
+_MARKER_AFTER_CODED_DATA = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # not stuffing, a restart or fill
 FRAMES_COUNTED = 10  # frames of an animation or stack counted for its message; it is refused whatever its length
 _TIFF_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic TIFF and BigTIFF, either byte order
 _TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
@@ -82,13 +84,34 @@ _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
 def check_jpeg_scans(data: bytes, name: str, limits: ReadLimits) -> None:
-    """Refuses a JPEG of more scans than any encoder writes. A scan starts with the marker FF DA, which cannot occur
-    inside coded data (an FF there is followed by 00 or a restart marker), so counting it counts the scans (and
-    those of an embedded thumbnail)."""
-    scans = data.count(b"\xff\xda")
+    """Refuses a JPEG of more scans than any encoder writes. Its segments are stepped over by their lengths (an EXIF
+    thumbnail's scans are not the image's), each scan's coded data is searched for the next marker at C speed (an FF
+    there is followed by 00 or a restart marker), and the count stops at the end of the image: a phone's Motion Photo
+    appends a video, whose bytes hold FF DA by chance."""
+    offset, scans, markers = 2, 0, 0
+    while scans <= limits.max_jpeg_scans and markers <= limits.max_jpeg_header_markers:
+        run = _FILL.match(data, offset)
+        if run is None or run.end() >= len(data):
+            return  # damaged: the decoder says so in its own words
+        marker, offset = data[run.end()], run.end() + 1
+        if marker == 0xD9:
+            return  # the end of the image
+        markers += 1
+        if marker in _STANDALONE_MARKERS:
+            continue
+        offset += int.from_bytes(data[offset : offset + 2], "big")
+        if marker == 0xDA:
+            scans += 1
+            following = _MARKER_AFTER_CODED_DATA.search(data, offset)
+            if following is None:
+                return
+            offset = following.start()
     if scans > limits.max_jpeg_scans:
-        raise ImageReadError(f"`{name}` is a JPEG of {scans:,} scans, slower to decode than this app allows (encoders write "
-                             "about 10); save it again as an ordinary JPEG or as PNG and upload that.")
+        raise ImageReadError(f"`{name}` is a JPEG of more than {limits.max_jpeg_scans:,} scans, slower to decode than this "
+                             "app allows (encoders write about 10); save it again as an ordinary JPEG or as PNG and upload that.")
+    raise ImageReadError(f"`{name}` is a JPEG of more than {limits.max_jpeg_header_markers:,} segments, far more than "
+                         "any camera or scanner writes, and slower to read than this app allows; save it again as an "
+                         "ordinary JPEG or as PNG and upload that.")
 
 
 def check_container(data: bytes, name: str, limits: ReadLimits) -> None:

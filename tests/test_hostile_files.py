@@ -426,6 +426,18 @@ def animated_png(side: int = 1500, frames: int = 12) -> bytes:
     return png(images[0], save_all=True, append_images=images[1:], blend=1, disposal=2)
 
 
+def motion_photo() -> bytes:
+    """A phone's Motion Photo: a JPEG with an 8 MB video after its end, whose bytes hold FF DA about 130 times."""
+    film = png(Image.fromarray((gradient(820, 1000) // 16).astype(np.uint8)), format="JPEG")
+    return film + b"\0\0\0\x18ftypmp42" + np.random.default_rng(0).integers(0, 256, 8 * 2**20, dtype=np.uint8).tobytes()
+
+
+def camera_mpo() -> bytes:
+    """A camera's JPEG with a preview after it (MPF), which Pillow opens as a two-frame MPO."""
+    film = Image.fromarray((gradient(820, 1000) // 16).astype(np.uint8)).convert("RGB")
+    return png(film, format="MPO", save_all=True, append_images=[film.resize((500, 410))])
+
+
 def jpeg_dicom_scan_bomb() -> bytes:
     """A JPEG DICOM of the declared size whose frame is a progressive JPEG of 2,000 scans."""
     frame = progressive_jpeg_scan_bomb(2000, side=80)
@@ -450,8 +462,8 @@ BOMBS = {
     "JPEG 2000 DICOM, 11 MB frame": ("j2k.dcm", jpeg2000_size_bomb, "MB compressed"),
     "PNG zTXt bomb": ("ztxt.png", ztxt_bomb, "text metadata too large"),
     "PNG iTXt bomb": ("itxt.png", lambda: ztxt_bomb("iTXt"), "text metadata too large"),
-    "progressive JPEG 5400x5400 of 2,000 scans": ("scans.jpeg", lambda: progressive_jpeg_scan_bomb(2000), "2,001 scans"),
-    "JPEG DICOM, a frame of 2,000 scans": ("scans.dcm", jpeg_dicom_scan_bomb, "2,001 scans"),
+    "progressive JPEG 5400x5400 of 2,000 scans": ("scans.jpeg", lambda: progressive_jpeg_scan_bomb(2000), "more than 100 scans"),
+    "JPEG DICOM, a frame of 2,000 scans": ("scans.dcm", jpeg_dicom_scan_bomb, "more than 100 scans"),
     # Frames beyond the one declared, listed in the offset table: only the first is ever decoded.
     "JPEG DICOM listing an extra frame of 10,000 scans": (
         "extrascans.dcm", lambda: jpeg_dicom_extra_frames(progressive_jpeg_scan_bomb(10_000)), None),
@@ -507,6 +519,10 @@ BOMBS = {
         "rereads.webp", lambda: png(Image.new("RGB", (256, 256), (90, 90, 90)), format="WEBP",
                                     exif=exif_block(rereads(50, 60 * 2**20), bytes(60 * 2**20))), "the same bytes again"),
     "APNG of 12 frames 1500x1500 RGBA": ("frames.png", animated_png, "has 12 frames"),
+    "JPEG with an 8 MB video after it (a Motion Photo)": ("motion.jpeg", motion_photo, None),
+    "JPEG with a preview image after it (MPO)": ("camera.jpeg", camera_mpo, None),
+    "TIFF with a transfer function of 3 x 65,536 numbers (at the limit)": (
+        "transfer.tiff", lambda: tiff_with_entries(lambda at: [tiff_entry(301, 3, 3 * 65536, at)], bytes(6 * 65536)), None),
     "TIFF tiled 64x64, LZW (ordinary)": ("tiled.tiff", lambda: png(Image.fromarray((gradient(2000, 2000) // 16).astype(np.uint8)),
                                                                    format="TIFF", compression="tiff_lzw", tiffinfo={322: 64, 323: 64}), None),
 }
@@ -598,8 +614,9 @@ UNEXPECTED_DICOM = {
     "modality XYZ": (image_elements(changes={0x00080060: ("CS", "XYZ")}), EXPLICIT_VR_LE, "an image of another kind"),
     # A value too long or multi-valued reads as no code: it must not pass for an absent one (a CT read as an X-ray).
     "modality CT padded past 1 kB": (image_elements(changes={0x00080060: ("CS", "CT" + " " * 1100)}), EXPLICIT_VR_LE,
-                                     "modality this tool cannot read"),
-    "modality CT\\CT": (image_elements(changes={0x00080060: ("CS", "CT\\CT")}), EXPLICIT_VR_LE, "modality this tool cannot read"),
+                                     "CR or DX expected"),
+    "modality CT\\CT": (image_elements(changes={0x00080060: ("CS", "CT\\CT")}), EXPLICIT_VR_LE, "is a CT scan"),
+    "modality DX\\CT": (image_elements(changes={0x00080060: ("CS", "DX\\CT")}), EXPLICIT_VR_LE, "is a CT scan"),
     "palette colour padded past 1 kB": (image_elements(changes={0x00280004: ("CS", "PALETTE COLOR" + " " * 1100)}),
                                         EXPLICIT_VR_LE, "photometric interpretation"),
     "a strip 1000x8": (image_elements(gradient(8, 1000)), EXPLICIT_VR_LE, "too small or too narrow"),
@@ -659,8 +676,11 @@ def test_unexpected_dicom_content_gets_its_own_error_and_no_patient_data_anywher
 
 
 def test_an_empty_modality_or_photometric_element_counts_as_absent():
-    """Anonymisers blank elements: an empty code is no reason to refuse (only an unreadable one is)."""
-    for changes in ({0x00080060: ("CS", "")}, {0x00280004: ("CS", "")}, {0x00080060: ("CS", "  ")}):
+    """Anonymisers blank elements, and home-made converters write free text or stray separators: none of these is a
+    reason to refuse (only a value of another modality, or one too long to read, is)."""
+    for changes in ({0x00080060: ("CS", "")}, {0x00280004: ("CS", "")}, {0x00080060: ("CS", "  ")},
+                    {0x00080060: ("CS", "X-RAY")}, {0x00080060: ("CS", "DIGITAL RADIOGRAPH")}, {0x00080060: ("CS", "CR\\DX")},
+                    {0x00080060: ("CS", "DX\\")}):
         assert read_image(dicom_bytes(image_elements(changes=changes)), name="blank.dcm").size == (80, 64)
 
 
