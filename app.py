@@ -24,9 +24,8 @@ from pathlib import Path
 
 # Every upload and every output file lives in this private folder: each upload is deleted as soon as it is
 # answered (or after WAITING_UPLOAD_LIFETIME_S if it never is), a batch's CSV after CSV_LIFETIME_S, anything else
-# after FILE_LIFETIME_S, and the
-# folder itself at exit (Ctrl-C or SIGTERM) or, after a hard kill, at the next start. Set before Gradio is
-# imported, and not overridable: "never kept" must hold.
+# after FILE_LIFETIME_S, and the folder itself at exit (Ctrl-C or SIGTERM) or, after a hard kill, at the next
+# start. Set before Gradio is imported, and not overridable: "never kept" must hold.
 TEMP_PREFIX = "pneumonia-xray-"
 UPLOAD_DIR = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
 os.environ["GRADIO_TEMP_DIR"] = UPLOAD_DIR
@@ -91,13 +90,14 @@ HEATMAP_CAPTION = (
 PAGE_CSS = """
 .population-warning { border-left: 6px solid #d97706; background: #fef3c7; color: #78350f; padding: 0.6em 0.9em;
                       border-radius: 6px; margin-bottom: 0.8em; }
+/* uploads are deleted once answered: their own download links would only fail */
 #xray-upload a, #batch-upload a { pointer-events: none; color: inherit; text-decoration: none; }
 @media (max-width: 767px) {  /* a phone: the answer right under the file, the picture after it */
   #upload-column { display: contents; }
   #xray-upload { order: 1; } #upload-hint { order: 2; } #result-column { order: 3; } #upload-preview { order: 4; }
   #xray-upload, #upload-hint, #upload-preview { width: 100%; }
 }
-"""  # uploads are deleted once answered: their own download links would only fail
+"""
 # Screen readers hear the answer when it arrives.
 PAGE_JS = "() => { document.getElementById('decision')?.setAttribute('aria-live', 'polite'); }"
 

@@ -46,6 +46,7 @@ READABLE_LAYOUTS = {True: {(1, 1), (1, 8), (1, 16), (1, 32)}, False: {(3, 8)}}  
 PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00010, 0x7FE00008, 0x7FE00009
 _DEFER_BYTES = 4096  # larger values (pixels, private blobs) stay in the buffer until asked for
 _DEFERRED_READS = 1000  # reads left, after the header, for the deferred values this module asks for
+_CODE = re.compile(r"[A-Z0-9_ ]{1,16}")  # a DICOM code string, as read: upper case, at most 16 characters
 _MAX_VALUE_BYTES = 1024  # a header value used here longer than this is treated as absent
 _MAX_LUT_BYTES = 256 * 1024  # a 16-bit LUT of 65,536 entries is 128 kB
 _GREY_LEVEL_ELEMENTS = ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth", "VOILUTFunction")
@@ -263,7 +264,7 @@ def _value(dataset: Dataset, keyword: str):
 def _code(dataset: Dataset, keyword: str) -> str | None:
     value = _value(dataset, keyword)
     text = value.strip().upper() if isinstance(value, str) else ""
-    return text if re.fullmatch(r"[A-Z0-9_ ]{1,16}", text) else None
+    return text if _CODE.fullmatch(text) else None
 
 
 def _unreadable_code(dataset: Dataset, keyword: str) -> bool:
@@ -284,7 +285,7 @@ def _codes(dataset: Dataset, keyword: str) -> list[str] | None:
         return None
     values = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple, MultiValue)) else []
     texts = [text.strip().upper() for text in values if isinstance(text, str)]
-    return [text for text in texts if re.fullmatch(r"[A-Z0-9_ ]{1,16}", text)]
+    return [text for text in texts if _CODE.fullmatch(text)]
 
 
 def _spacing(dataset: Dataset, keyword: str) -> float | None:

@@ -19,7 +19,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import UID, RLELossless
 
 from chestxray.ood import colourfulness
-from chestxray.upload import ImageReadError, ReadLimits, apply_lut, check_container, check_jpeg_scans, colour_thumbnail, stretch_to_grey
+from chestxray.upload import ImageReadError, ReadLimits, apply_lut, check_container, colour_thumbnail, stretch_to_grey
 
 # Compressed frames whose own header Pillow reads without decoding, to compare their size with the DICOM header.
 _FRAME_HEADER_FORMATS = {
@@ -62,9 +62,7 @@ def decode_pixels(pixel_data: bytes, module: PixelModule, name: str, limits: Rea
         if syntax == RLELossless:
             return _decode_rle(frame, module, name)
         if syntax in _FRAME_HEADER_FORMATS:
-            check_container(frame, name, limits)
-            if _FRAME_HEADER_FORMATS[syntax] == "JPEG":
-                check_jpeg_scans(frame, name, limits)
+            check_container(frame, name, limits)  # a JPEG's segments and scans, a JP2's boxes
             size = Image.open(io.BytesIO(frame), formats=[_FRAME_HEADER_FORMATS[syntax]]).size
             if size != (module.columns, module.rows):
                 raise ImageReadError(f"`{name}`: the DICOM image is damaged (its compressed frame is not the size "

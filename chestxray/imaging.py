@@ -25,7 +25,6 @@ from chestxray.upload import (
     check_container,
     check_decoded_bytes,
     check_geometry,
-    check_jpeg_scans,
     check_tiff_structure,
     colour_thumbnail,
     display_name,
@@ -137,8 +136,6 @@ def _read_raster(data: bytes, name: str, limits: ReadLimits, min_side: int | Non
             check_decoded_bytes(image.width, image.height, _bytes_per_pixel(image.mode), name, limits)
             _refuse_multi_frame(image, name)
             _refuse_slow_rle_bmp(image, len(data), name, limits)
-            if image.format in ("JPEG", "MPO"):
-                check_jpeg_scans(data, name, limits)
             if min_side and image.format in ("JPEG", "MPO"):
                 image.draft(None, (min_side, min_side))
             image.load()

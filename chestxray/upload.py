@@ -83,42 +83,11 @@ _TIFF_STRIP_TAGS = {273, 279, 324, 325}  # strip and tile offsets and byte count
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
-def check_jpeg_scans(data: bytes, name: str, limits: ReadLimits) -> None:
-    """Refuses a JPEG of more scans than any encoder writes. Its segments are stepped over by their lengths (an EXIF
-    thumbnail's scans are not the image's), each scan's coded data is searched for the next marker at C speed (an FF
-    there is followed by 00 or a restart marker), and the count stops at the end of the image: a phone's Motion Photo
-    appends a video, whose bytes hold FF DA by chance."""
-    offset, scans, markers = 2, 0, 0
-    while scans <= limits.max_jpeg_scans and markers <= limits.max_jpeg_header_markers:
-        run = _FILL.match(data, offset)
-        if run is None or run.end() >= len(data):
-            return  # damaged: the decoder says so in its own words
-        marker, offset = data[run.end()], run.end() + 1
-        if marker == 0xD9:
-            return  # the end of the image
-        markers += 1
-        if marker in _STANDALONE_MARKERS:
-            continue
-        offset += int.from_bytes(data[offset : offset + 2], "big")
-        if marker == 0xDA:
-            scans += 1
-            following = _MARKER_AFTER_CODED_DATA.search(data, offset)
-            if following is None:
-                return
-            offset = following.start()
-    if scans > limits.max_jpeg_scans:
-        raise ImageReadError(f"`{name}` is a JPEG of more than {limits.max_jpeg_scans:,} scans, slower to decode than this "
-                             "app allows (encoders write about 10); save it again as an ordinary JPEG or as PNG and upload that.")
-    raise ImageReadError(f"`{name}` is a JPEG of more than {limits.max_jpeg_header_markers:,} segments, far more than "
-                         "any camera or scanner writes, and slower to read than this app allows; save it again as an "
-                         "ordinary JPEG or as PNG and upload that.")
-
-
 def check_container(data: bytes, name: str, limits: ReadLimits) -> None:
-    """Refuses, before any parser sees it, a JPEG or PNG whose segments or chunks alone would hold the worker for
-    seconds: what Pillow walks in Python is counted here at C speed (JPEG) or with a loop that stops at the limit."""
+    """Refuses, before any parser sees it, a file whose structure alone would hold the worker for seconds: what
+    Pillow walks in Python (or a JPEG decoder scan by scan) is counted here with loops that stop at the limits."""
     if data.startswith(b"\xff\xd8"):
-        _check_jpeg_header(data, name, limits)
+        _check_jpeg(data, name, limits)
     elif data.startswith(b"\x89PNG\r\n\x1a\n"):
         _check_png_chunks(data, name, limits)
     elif data.startswith((b"GIF87a", b"GIF89a")):
@@ -170,27 +139,40 @@ def _refuse_tiff(name: str, what: str) -> None:
                          "as an ordinary PNG, JPEG or TIFF and upload that.")
 
 
-def _check_jpeg_header(data: bytes, name: str, limits: ReadLimits) -> None:
-    """Walks the segments before the first scan as Pillow does (by their lengths, so markers inside an EXIF
-    thumbnail are skipped), stopping at the limit: bounded work whatever the file."""
-    offset, markers, fill = 2, 0, 0
-    while offset < len(data) and markers <= limits.max_jpeg_header_markers and fill <= limits.max_jpeg_fill_bytes:
+def _check_jpeg(data: bytes, name: str, limits: ReadLimits) -> None:
+    """Walks a JPEG's segments by their lengths, as Pillow does before the first scan (so markers inside an EXIF
+    thumbnail are skipped), then scan by scan, each scan's coded data searched for the next marker at C speed (an FF
+    there is followed by 00 or a restart marker), to the end of the image: a phone's Motion Photo appends a video,
+    whose bytes hold FF DA by chance. A progressive JPEG is decoded scan by scan over the whole image; fill bytes
+    count before the first scan, where Pillow reads them in Python. Bounded work whatever the file."""
+    offset, markers, fill, scans = 2, 0, 0, 0
+    while (markers <= limits.max_jpeg_header_markers and fill <= limits.max_jpeg_fill_bytes
+           and scans <= limits.max_jpeg_scans):
         run = _FILL.match(data, offset)
         if run is None or run.end() >= len(data):
             return  # not a marker where one belongs: damaged, which the decoder says in its own words
-        fill += run.end() - offset - 1
+        if not scans:
+            fill += run.end() - offset - 1
         marker, offset = data[run.end()], run.end() + 1
-        if marker == 0xDA:
-            return
+        if marker == 0xD9:
+            return  # the end of the image
         markers += 1
-        if marker not in _STANDALONE_MARKERS:
-            offset += int.from_bytes(data[offset : offset + 2], "big")
-    if markers > limits.max_jpeg_header_markers or fill > limits.max_jpeg_fill_bytes:
-        what = (f"more than {limits.max_jpeg_header_markers:,} segments" if markers > limits.max_jpeg_header_markers
-                else f"more than {limits.max_jpeg_fill_bytes:,} fill bytes")
-        raise ImageReadError(f"`{name}` is a JPEG whose header holds {what}, far more than any camera or scanner "
-                             "writes, and slower to read than this app allows; save it again as an ordinary JPEG or as "
-                             "PNG and upload that.")
+        if marker in _STANDALONE_MARKERS:
+            continue
+        offset += int.from_bytes(data[offset : offset + 2], "big")
+        if marker == 0xDA:
+            scans += 1
+            following = _MARKER_AFTER_CODED_DATA.search(data, offset)
+            if following is None:
+                return
+            offset = following.start()
+    if scans > limits.max_jpeg_scans:
+        raise ImageReadError(f"`{name}` is a JPEG of more than {limits.max_jpeg_scans:,} scans, slower to decode than this "
+                             "app allows (encoders write about 10); save it again as an ordinary JPEG or as PNG and upload that.")
+    what = (f"more than {limits.max_jpeg_header_markers:,} segments" if markers > limits.max_jpeg_header_markers
+            else f"more than {limits.max_jpeg_fill_bytes:,} fill bytes in its header")
+    raise ImageReadError(f"`{name}` is a JPEG of {what}, far more than any camera or scanner writes, and slower to read "
+                         "than this app allows; save it again as an ordinary JPEG or as PNG and upload that.")
 
 
 def _check_png_chunks(data: bytes, name: str, limits: ReadLimits) -> None:
