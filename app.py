@@ -96,6 +96,7 @@ PAGE_CSS = """
   #upload-column { display: contents; }
   #xray-upload { order: 1; } #upload-hint { order: 2; } #result-column { order: 3; } #upload-preview { order: 4; }
   #xray-upload, #upload-hint, #upload-preview { width: 100%; }
+  #batch-results .table-container { min-width: 600px; }  /* scrolls sideways rather than breaking every word */
 }
 """
 # Screen readers hear the answer when it arrives.
@@ -446,7 +447,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
                                    elem_id="batch-upload")
             batch_button = gr.Button("Analyse all", variant="primary", elem_id="analyse-all")
             table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False, wrap=True,
-                                 column_widths=["24%", "13%", "12%", "51%"],
+                                 column_widths=["28%", "16%", "18%", "38%"],
                                  elem_id="batch-results")
             csv_file = gr.File(label="CSV download", elem_id="batch-csv")
             gr.Markdown(f"The CSV is kept for {CSV_LIFETIME_S // 60} minutes after the batch is answered, then deleted.",

@@ -30,6 +30,7 @@ _RLE_HEADER_BYTES = 64  # the number of segments, then 15 offsets
 # JPEG 2000 decoding costs ~0.1-0.2 s of CPU per compressed MB of the worst content (noise; measured with Pillow's
 # OpenJPEG on 2000^2 and 3000^2 16-bit frames): 10 MB keeps one file under ~2 s. A lossless 3000^2 chest film is ~5-7 MB.
 MAX_JPEG2000_FRAME_BYTES = 10 * 2**20
+_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000), little endian: an item of encapsulated pixel data
 _JPEG2000_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
 
 
@@ -55,7 +56,7 @@ def decode_pixels(pixel_data: bytes, module: PixelModule, name: str, limits: Rea
         if syntax != RLELossless and not _decodable(syntax):
             raise ImageReadError(f"`{name}` is compressed in a way this tool cannot decode (such as JPEG Lossless or "
                                  "JPEG-LS); export it uncompressed, or as JPEG or JPEG 2000.")
-        frame = get_frame(pixel_data, 0, number_of_frames=1)
+        frame = get_frame(_without_later_offsets(pixel_data), 0, number_of_frames=1)
         if syntax in _JPEG2000_SYNTAXES and len(frame) > MAX_JPEG2000_FRAME_BYTES:
             raise ImageReadError(f"`{name}`: its JPEG 2000 frame is {len(frame) / 2**20:.0f} MB compressed, more than the "
                                  f"{MAX_JPEG2000_FRAME_BYTES // 2**20} MB this tool decodes; export it uncompressed or as JPEG.")
@@ -76,6 +77,16 @@ def decode_pixels(pixel_data: bytes, module: PixelModule, name: str, limits: Rea
     if pixels.shape[:2] != (module.rows, module.columns):
         raise ImageReadError(f"`{name}`: the DICOM pixel data cannot be decoded (it does not match its header).")
     return pixels
+
+
+def _without_later_offsets(pixel_data: bytes) -> bytes:
+    """The encapsulated pixel data with its Basic Offset Table cut to the first two offsets, all the first frame
+    needs: pydicom reads the whole table into Python integers (25 M offsets: 585 MB). Offsets count from the end of
+    the table, so the rest stays where they point."""
+    table = int.from_bytes(pixel_data[4:8], "little") if pixel_data[:4] == _ITEM_TAG else 0
+    if table <= 8 or table % 4:
+        return pixel_data  # one frame's table, none, or a damaged one: pydicom's own checks answer it
+    return pixel_data[:4] + (8).to_bytes(4, "little") + pixel_data[8:16] + pixel_data[8 + table :]
 
 
 def grey_image(pixels: np.ndarray, levels: Dataset, module: PixelModule) -> tuple[Image.Image, float]:

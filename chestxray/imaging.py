@@ -42,6 +42,8 @@ PILLOW_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
 _DICOM_MAGIC_OFFSET = 128
 _DICOM_FIRST_GROUPS = (b"\x02\x00", b"\x08\x00")  # file meta, or identifying data of a bare dataset
 ORIENTATION_TAG = 0x0112
+NEW_SUBFILE_TYPE = 254  # TIFF: what a page is; bit 0 a reduced-resolution copy of another, bit 2 a transparency mask
+_PREVIEW_SUBFILE = 0b101
 _ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
                           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
                           8: Image.Transpose.ROTATE_90}  # as ImageOps.exif_transpose
@@ -196,13 +198,16 @@ def _refuse_multi_frame(image: Image.Image, name: str) -> None:
         return  # a camera's JPEG with a preview or an HDR gain map after it: the first image is the photograph
     if image.format in ("PNG", "WEBP"):
         raise ImageReadError(f"`{name}` has {image.n_frames} frames (an animation); upload a single still radiograph.")
-    frames = 1
+    frames, previews_only = 1, image.format == "TIFF"
     try:
         while frames <= FRAMES_COUNTED:
             image.seek(frames)
             frames += 1
+            previews_only = previews_only and bool(image.tag_v2.get(NEW_SUBFILE_TYPE, 0) & _PREVIEW_SUBFILE)
     except EOFError:
-        pass
+        if previews_only:  # a TIFF whose later pages are only smaller copies (a thumbnail, a pyramid) or a mask
+            image.seek(0)
+            return
     count = f"{frames}" if frames <= FRAMES_COUNTED else f"more than {FRAMES_COUNTED}"
     raise ImageReadError(f"`{name}` has {count} frames (animation or stack); upload a single still radiograph.")
 

@@ -166,6 +166,29 @@ def test_on_a_phone_the_answer_comes_right_under_the_file_and_is_announced(brows
     page.close()
 
 
+def test_on_a_phone_the_batch_table_scrolls_sideways_rather_than_breaking_words(browser, app_url, tmp_path):
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(app_url, wait_until="networkidle")
+    page.get_by_role("tab", name="Batch").click()
+    films = [good_xray(tmp_path, f"phone-batch-{i}.png") for i in range(2)]
+    page.locator("#batch-upload input[type=file]").set_input_files([str(film) for film in films])
+    page.locator("#batch-upload").get_by_text("phone-batch-1").wait_for(timeout=15_000)
+    page.locator("#analyse-all").click()
+    page.locator("#batch-results [role=gridcell]").get_by_text("phone-batch-1.png").wait_for(timeout=30_000)
+    # each probability and decision cell takes no more lines than it has words
+    lines_and_words = page.evaluate("""() => [...document.querySelectorAll(
+        '#batch-results [role=gridcell][data-col="1"], #batch-results [role=gridcell][data-col="2"]')].map(cell => {
+            const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT), lines = new Set();
+            while (walker.nextNode()) {
+                const range = document.createRange(); range.selectNodeContents(walker.currentNode);
+                [...range.getClientRects()].filter(r => r.width > 0).forEach(r => lines.add(Math.round(r.top)));
+            }
+            return [lines.size, cell.innerText.trim().split(/\\s+/).filter(Boolean).length]; })""")
+    assert len(lines_and_words) == 4 and all(lines <= max(words, 1) for lines, words in lines_and_words), lines_and_words
+    screenshot(page, tmp_path, "phone-batch")
+    page.close()
+
+
 def test_a_phone_sized_screen_shows_the_disclaimer_and_a_readable_footer(browser, app_url, tmp_path):
     page = browser.new_page(viewport={"width": 390, "height": 844})
     page.goto(app_url, wait_until="networkidle")

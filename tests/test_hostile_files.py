@@ -330,6 +330,18 @@ def jpeg_dicom_extra_frames(extra: bytes, count: int = 1, side: int = 5400) -> b
         JPEG_BASELINE)
 
 
+def jpeg_dicom_offset_table_bomb(offsets: int = 25_000_000) -> bytes:
+    """A one-frame JPEG DICOM whose Basic Offset Table lists `offsets` frames (100 MB of table for 25 M)."""
+    frame = png(Image.fromarray(gradient(256, 256).astype(np.uint8)), format="JPEG")
+    frame += b"\0" * (len(frame) % 2)
+    table = np.zeros(offsets, dtype="<u4")
+    table[1:] = 8 + len(frame)  # every later "frame" starts after the first: only the first is there
+    return dicom_bytes(image_elements(gradient(256, 256), changes={
+        0x00280100: us(8), 0x00280101: us(8), 0x00280102: us(7),
+        0x7FE00010: ("raw", element(0x7FE00010, "OB", None) + item(table.tobytes()) + item(frame) + SEQUENCE_END)}),
+        JPEG_BASELINE)
+
+
 def jpeg_dicom_header_bomb() -> bytes:
     """A JPEG DICOM of the declared size whose frame's header holds 24 MB of fill bytes."""
     frame = jpeg_header_bomb(b"\xff", 24 * 2**20)
@@ -438,6 +450,18 @@ def camera_mpo() -> bytes:
     return png(film, format="MPO", save_all=True, append_images=[film.resize((500, 410))])
 
 
+def tiff_with_second_page(subfile_type: int) -> bytes:
+    """A grey TIFF whose second page says what it is (NewSubfileType): 1 a smaller copy, 0 another page."""
+    film = Image.fromarray((gradient(820, 1000) // 16).astype(np.uint8))
+    data = bytearray(png(film, format="TIFF", save_all=True, append_images=[film.resize((205, 250))],
+                         tiffinfo={254: subfile_type}))
+    first = struct.unpack_from("<I", data, 4)[0]  # Pillow writes the tag on every page: the first says 0
+    for entry in range(first + 2, first + 2 + 12 * struct.unpack_from("<H", data, first)[0], 12):
+        if struct.unpack_from("<H", data, entry)[0] == 254:
+            struct.pack_into("<I", data, entry + 8, 0)
+    return bytes(data)
+
+
 def jpeg_dicom_scan_bomb() -> bytes:
     """A JPEG DICOM of the declared size whose frame is a progressive JPEG of 2,000 scans."""
     frame = progressive_jpeg_scan_bomb(2000, side=80)
@@ -470,6 +494,7 @@ BOMBS = {
     "JPEG DICOM listing 40 extra 5400x5400 frames": (
         "extraframes.dcm", lambda: jpeg_dicom_extra_frames(png(Image.new("L", (5400, 5400), 100), format="JPEG", quality=20), 40),
         None),
+    "JPEG DICOM whose offset table lists 25 M frames": ("offsets.dcm", jpeg_dicom_offset_table_bomb, None),
     # The largest images that pass: read, and still within the budget.
     "PNG 16-bit at the limit (5470x5470)": ("edge16.png", lambda: png(Image.new("I;16", (5470, 5470))), None),
     "PNG RGBA at the limit (4735x4735)": ("edgergba.png", lambda: png(Image.new("RGBA", (4735, 4735))), None),
@@ -523,6 +548,8 @@ BOMBS = {
     "JPEG with a preview image after it (MPO)": ("camera.jpeg", camera_mpo, None),
     "TIFF with a transfer function of 3 x 65,536 numbers (at the limit)": (
         "transfer.tiff", lambda: tiff_with_entries(lambda at: [tiff_entry(301, 3, 3 * 65536, at)], bytes(6 * 65536)), None),
+    "TIFF whose second page is a smaller copy (a thumbnail)": ("thumbnail.tiff", lambda: tiff_with_second_page(1), None),
+    "TIFF of two pages": ("twopages.tiff", lambda: tiff_with_second_page(0), "has 2 frames"),
     "TIFF tiled 64x64, LZW (ordinary)": ("tiled.tiff", lambda: png(Image.fromarray((gradient(2000, 2000) // 16).astype(np.uint8)),
                                                                    format="TIFF", compression="tiff_lzw", tiffinfo={322: 64, 323: 64}), None),
 }
@@ -576,6 +603,11 @@ def test_every_bomb_is_answered_within_one_gigabyte_and_two_cpu_seconds(bomb_fil
         assert expected in result["outcome"], result
     assert result["extra_mb"] < MAX_EXTRA_MEMORY_MB, result
     assert result["cpu_s"] < MAX_CPU_SECONDS, result
+
+
+def test_a_tiff_with_a_thumbnail_is_read_as_its_full_page(bomb_files):
+    image = read_image(bomb_files["TIFF whose second page is a smaller copy (a thumbnail)"])
+    assert image.size == Image.open(bomb_files["TIFF of two pages"]).size  # the first page, not the thumbnail
 
 
 def test_the_bombs_are_small_files(bomb_files):
