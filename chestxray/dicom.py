@@ -24,22 +24,12 @@ from pydicom.filereader import read_dataset, read_partial, read_preamble
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from chestxray.dicom_codes import OTHER_MODALITIES, READ_MODALITIES
 from chestxray.dicom_pixels import PixelModule, decode_pixels, grey_image
 from chestxray.upload import ImageReadError, ReadLimits, check_decoded_bytes, check_geometry
 
 logging.getLogger("pydicom").addFilter(lambda record: False)  # its records can quote header values (patient data)
 
-# CR, DX (and DR, as some writers label digital radiographs), fluoroscopy frames, secondary captures; a file
-# without a modality is read too. Everything else is refused by name, from this table, never from the header.
-RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RF", "OT"})
-OTHER_MODALITIES = {
-    "CT": "a CT scan", "MR": "an MRI scan", "US": "an ultrasound image", "NM": "a nuclear medicine image",
-    "PT": "a PET scan", "MG": "a mammogram", "XA": "an angiography image", "IO": "an intra-oral dental X-ray",
-    "PX": "a panoramic dental X-ray", "DG": "a dental X-ray", "ES": "an endoscopy image", "XC": "a photograph",
-    "GM": "a microscopy image", "SM": "a slide microscopy image", "OP": "an eye photograph", "OPT": "an eye scan",
-    "IVUS": "an intravascular ultrasound", "OCT": "an optical coherence scan", "SR": "a report", "DOC": "a document",
-    "ECG": "an ECG", "SEG": "a segmentation", "RTIMAGE": "a radiotherapy image", "BMD": "a bone density scan",
-}
 GREY_PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2"})
 COLOUR_PHOTOMETRIC = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"})
 READABLE_LAYOUTS = {True: {(1, 1), (1, 8), (1, 16), (1, 32)}, False: {(3, 8)}}  # grey?: (samples, bits allocated)
@@ -157,7 +147,7 @@ def _checked_pixel_module(dataset: Dataset, name: str, limits: ReadLimits) -> Pi
     if modalities is None:  # too long to be sane (a CT padded past 1 kB): not taken for an absent one
         raise ImageReadError(f"`{name}` has a DICOM modality this tool cannot read (CR or DX expected).")
     # Each value counts (a CT must not pass as "CT\\CT"); free text such as "X-RAY" is no code, as if absent.
-    modality = next((code for code in modalities if code not in RADIOGRAPH_MODALITIES), None)
+    modality = next((code for code in modalities if code not in READ_MODALITIES), None)
     if modality:
         kind = OTHER_MODALITIES.get(modality, "an image of another kind")
         raise ImageReadError(f"`{name}` is {kind}, not a chest X-ray (DICOM modality CR or DX expected).")

@@ -18,8 +18,8 @@ from pydicom.encaps import encapsulate, get_frame
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import UID, RLELossless
 
-from chestxray.ood import colourfulness
-from chestxray.upload import ImageReadError, ReadLimits, apply_lut, check_container, colour_thumbnail, stretch_to_grey
+from chestxray.upload import (ImageReadError, ReadLimits, apply_lut, check_container, colour_thumbnail, colourfulness,
+                              stretch_to_grey)
 
 # Compressed frames whose own header Pillow reads without decoding, to compare their size with the DICOM header.
 _FRAME_HEADER_FORMATS = {

@@ -16,7 +16,6 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageChops, ImageMode, UnidentifiedImageError
 
-from chestxray.ood import colourfulness
 from chestxray.upload import (
     FRAMES_COUNTED,
     SUPPORTED_FORMATS,
@@ -27,6 +26,7 @@ from chestxray.upload import (
     check_geometry,
     check_tiff_structure,
     colour_thumbnail,
+    colourfulness,
     display_name,
     stretch_to_grey,
 )

@@ -32,6 +32,8 @@ from PIL import Image
 from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
+from chestxray.dicom_codes import READ_MODALITIES
+
 logger = logging.getLogger(__name__)
 
 REFERENCE_FILE = "ood_reference.safetensors"
@@ -62,9 +64,7 @@ MESSAGES = {
 }
 
 # DICOM coded facts (chestxray.dicom.dicom_facts). The reader already refuses non-radiograph modalities; the gate
-# says the same for any caller that builds images itself. OT (secondary capture) and a missing modality say nothing.
-RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RF"})
-UNINFORMATIVE_MODALITIES = frozenset({"OT"})
+# says the same, by the reader's codes, for any caller that builds images itself.
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "XTABLE LATERAL"})
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "TORAX")  # a body part naming any of these (but not a spine) is the chest
 ADULT_AGE_YEARS = 18.0
@@ -123,7 +123,7 @@ def dicom_refusal(facts: dict | None) -> GateOutcome | None:
     if not facts:
         return None
     modality = facts.get("modality")
-    if modality and modality not in RADIOGRAPH_MODALITIES | UNINFORMATIVE_MODALITIES:
+    if modality and modality not in READ_MODALITIES:
         return refusal("not_radiograph")
     if facts.get("view_position") in LATERAL_VIEWS:
         return refusal("lateral_view")
@@ -145,15 +145,6 @@ def age_outcome(facts: dict | None) -> GateOutcome | None:
 
 
 # --- the image's own statistics ------------------------------------------------------------------------------
-
-def colourfulness(image: Image.Image) -> float:
-    """Hasler-Süsstrunk colourfulness on a thumbnail (cheap on huge uploads)."""
-    small = image.convert("RGB")
-    small.thumbnail((96, 96))
-    r, g, b = (np.asarray(small, dtype=float)[..., i] for i in range(3))
-    rg, yb = r - g, 0.5 * (r + g) - b
-    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
-
 
 def thumbnail(image: Image.Image) -> np.ndarray:
     """The image squashed to 64x64 grey levels in [0, 1], as the model squashes it to its square."""

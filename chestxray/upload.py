@@ -337,3 +337,12 @@ def colour_thumbnail(image: Image.Image) -> Image.Image:
     if image.mode in ("P", "PA"):  # palette indices cannot be averaged
         return image.resize((image.width // factor, image.height // factor), Image.Resampling.NEAREST)
     return image.reduce(factor)
+
+
+def colourfulness(image: Image.Image) -> float:
+    """Hasler-Süsstrunk colourfulness on a thumbnail (cheap on huge uploads)."""
+    small = image.convert("RGB")
+    small.thumbnail((96, 96))
+    r, g, b = (np.asarray(small, dtype=float)[..., i] for i in range(3))
+    rg, yb = r - g, 0.5 * (r + g) - b
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))

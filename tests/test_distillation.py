@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import synthetic_xray, tiny_training_args
-from train.distill import DistillationLoss, distillation_term, load_teachers, teacher_paths
+from train.distillation import DistillationLoss, distillation_term, load_teachers, teacher_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,17 +92,17 @@ def test_a_teacher_that_cannot_be_exported_runs_on_pytorch(other_teacher, monkey
 
 
 def test_a_student_learns_from_two_teachers(trained_model, other_teacher, tiny_image_folder, tmp_path, monkeypatch):
-    import train.distill
+    import train.distillation
     from train.pipeline import main as train_main
 
     calls = []
-    original = train.distill.distillation_term
+    original = train.distillation.distillation_term
 
     def spy(student_logits, teacher_logits, temperature, num_items=None):
         calls.append((student_logits.requires_grad, teacher_logits.requires_grad, tuple(teacher_logits.shape)))
         return original(student_logits, teacher_logits, temperature, num_items)
 
-    monkeypatch.setattr(train.distill, "distillation_term", spy)
+    monkeypatch.setattr(train.distillation, "distillation_term", spy)
     output_dir = tmp_path / "student"
     args = tiny_training_args(tiny_image_folder, output_dir, "--image_size", "48",
                               "--teacher_model_name_or_path", f"{trained_model},{other_teacher}",
@@ -193,7 +193,8 @@ def test_the_recipe_refuses_a_student_config_that_does_not_learn_from_every_teac
 
 
 def test_the_shipped_recipe_configs_teach_the_student_with_every_teacher():
-    from train.distill import RecipeArguments, teacher_paths
+    from train.distill import RecipeArguments
+    from train.distillation import teacher_paths
 
     recipe = RecipeArguments()
     student = json.loads((ROOT / recipe.student_config).read_text())

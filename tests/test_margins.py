@@ -93,7 +93,7 @@ def test_teachers_see_the_film_before_its_margins_are_swapped_or_unaugmented_if_
 
     from transformers import AutoImageProcessor
 
-    from train.distill import load_teachers
+    from train.distillation import load_teachers
     from train.pipeline import make_transforms
 
     processor = AutoImageProcessor.from_pretrained(trained_model)
@@ -178,7 +178,7 @@ def test_the_film_shape_shifts_change_the_proportions_the_network_sees():
 
 
 def test_tighter_framings_zoom_into_each_image_by_at_most_the_share_asked():
-    from train.distill import tighter_framings
+    from train.distillation import tighter_framings
 
     square = torch.zeros(6, 3, 60, 60)
     square[:, :, 20:40, 20:40] = 1.0  # a white square in the middle: a tighter framing makes it larger
@@ -193,7 +193,7 @@ def test_tighter_framings_zoom_into_each_image_by_at_most_the_share_asked():
 
 
 def test_the_framing_consistency_term_pulls_the_tighter_copy_to_the_images_own_answer():
-    from train.distill import DistillationLoss, distillation_term
+    from train.distillation import DistillationLoss, distillation_term
 
     hard = lambda outputs, labels, num_items_in_batch=None: torch.nn.functional.cross_entropy(outputs["logits"], labels)  # noqa: E731
     logits = torch.randn(4, 2, requires_grad=True)
@@ -209,18 +209,18 @@ def test_the_framing_consistency_term_pulls_the_tighter_copy_to_the_images_own_a
 
 
 def test_a_student_trains_with_framing_consistency(tiny_image_folder, tmp_path, monkeypatch):
-    import train.distill
+    import train.distillation
     from conftest import tiny_training_args
     from train.pipeline import main as train_main, parse_arguments
 
     shapes = []
-    original = train.distill.tighter_framings
+    original = train.distillation.tighter_framings
 
     def spy(pixels, max_zoom, generator):
         shapes.append((tuple(pixels.shape), max_zoom))
         return original(pixels, max_zoom, generator)
 
-    monkeypatch.setattr(train.distill, "tighter_framings", spy)
+    monkeypatch.setattr(train.distillation, "tighter_framings", spy)
     output_dir = tmp_path / "consistent"
     args = tiny_training_args(tiny_image_folder, output_dir, "--num_train_epochs", "1", "--export_onnx", "false",
                               "--post_training_checks", "false", "--framing_consistency", "0.5", "--consistency_zoom", "0.2")

@@ -17,11 +17,11 @@ from scipy.stats import binomtest
 
 from chestxray.ood import GATE_CONFIG_FILE
 from chestxray.runtime import ONNX_FILE
-from train.shifts import ROBUSTNESS_FILE
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_card.md"
 SUMMARY_FILE = "training_summary.json"
 POLICIES_FILE = "operating_points.json"  # written by train.policies
+ROBUSTNESS_FILE = "robustness_validation.json"  # written by train.shifts
 CARD_METRICS = {"roc_auc": "ROC-AUC", "accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity", "f1": "F1"}
 DEFAULT_SPACE_ID = "YOUR_USER/pneumonia-xray-demo"
 DATASET_NAME = "Chest X-ray pneumonia (Kermany et al.)"

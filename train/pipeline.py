@@ -30,9 +30,9 @@ from train.augment import XRayAugmentation
 from train.averaging import WeightAverageCallback
 from train.calibrate import fit_operating_point, folded_logits, recorded_operating_point, select_operating_point
 from train.calibration import positive_probabilities
-from train.card import KERMANY_DATASET_IDS, POLICIES_FILE, SUMMARY_FILE, render_card, shareable_command
-from train.distill import Teachers, build_trainer, load_teachers, teacher_paths, teacher_pixel_values
-from train.distill import describe as describe_distillation
+from train.card import KERMANY_DATASET_IDS, POLICIES_FILE, ROBUSTNESS_FILE, SUMMARY_FILE, render_card, shareable_command
+from train.distillation import Teachers, build_trainer, load_teachers, teacher_paths, teacher_pixel_values
+from train.distillation import describe as describe_distillation
 from train.data import (BATCH_HOLDOUT_SPLIT, LABEL_NAMES, PreparedData, batch_holdout_description, batch_holdout_summary,
                         load_image, load_raw_dataset, prepare_splits, write_split_lists)
 from train.export_onnx import export_onnx
@@ -42,7 +42,7 @@ from train.ood import REFERENCE_STATS_FILE, dataset_features, gate_summary, writ
 from train.push import PushError, hub_token, push_model_folder
 from train.report import dataset_logits, evaluate_split, load_metric
 from train.gate import SPLITS_FILE as GATE_SPLITS_FILE
-from train.shifts import ROBUSTNESS_FILE, shift_report, write_shift_report
+from train.shifts import shift_report, write_shift_report
 
 logger = logging.getLogger("train")
 

@@ -34,8 +34,8 @@ from sklearn.metrics import roc_auc_score
 from chestxray.classifier import PneumoniaClassifier
 from train.augment import add_bars, add_gaussian_noise, adjust_gamma, crop_sides, grey_ink, pad_sides
 from train.calibration import sensitivity_specificity
+from train.card import ROBUSTNESS_FILE, SUMMARY_FILE, render_card
 
-ROBUSTNESS_FILE = "robustness_validation.json"
 MARGIN_TOLERANCE = 0.05  # largest drop in sensitivity or specificity a margin shift may cause
 PROBE_MARGIN = 0.10  # the margin-only probe keeps this share of each side and hides the rest
 PROBE_GREY = 128
@@ -168,8 +168,6 @@ class ShiftArguments:
 
 def main(argv: list[str] | None = None) -> int:
     from transformers import HfArgumentParser
-
-    from train.card import SUMMARY_FILE, render_card
 
     (args,) = HfArgumentParser(ShiftArguments).parse_args_into_dataclasses(args=argv)
     model_dir = Path(args.model_dir)
