@@ -352,7 +352,9 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             prediction_json(prediction, model_name),
         )
 
-    def too_many_files(paths: list[str]) -> str | None:
+    def batch_size_problem(paths: list[str] | None) -> str | None:
+        if not paths:
+            return "Upload one or more chest X-rays first."
         if len(paths) > MAX_BATCH_FILES:
             return f"{len(paths)} files is more than the {MAX_BATCH_FILES} a batch can take; split them up."
         return None
@@ -374,7 +376,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
         stay uploaded, so a retry from the page works)."""
         waiting = lambda: [batch_owner(event.request, event.session_hash) for event in waiting_events(demo)  # noqa: E731
                            if event.fn.api_name == "predict_batch"]
-        message = (("Upload one or more chest X-rays first." if not paths else too_many_files(paths)) or client_refusal(request)
+        message = (batch_size_problem(paths) or client_refusal(request)
                    or batches.refusal(waiting, batch_owner(request, request.session_hash), MAX_WAITING_BATCHES,
                                       BATCH_TIME_BUDGET_S))
         return gr.validate(message is None, message or "")
@@ -387,14 +389,12 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
     def predict_batch(paths: list[str] | None, request: gr.Request):
         batches.started(batch_owner(request, request.session_hash))
         clients.started(client_address(request))
-        if not paths:
-            raise user_error("Upload one or more chest X-rays first.")
         try:
-            if message := too_many_files(paths):
+            if message := batch_size_problem(paths):
                 raise user_error(message)
             results = predict_files(classifier, [(_upload_name(p), p) for p in paths], time_budget_s=BATCH_TIME_BUDGET_S)
         finally:
-            for path in paths:
+            for path in paths or ():
                 uploads.discard(path)
         rows = [[r.file, r.pneumonia_probability, batch_decision(r), plain(r.error or r.message) or ""] for r in results]
         csv_path = write_csv(results, Path(tempfile.mkdtemp(dir=UPLOAD_DIR, prefix=CSV_PREFIX)) / "pneumonia_predictions.csv")

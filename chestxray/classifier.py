@@ -126,8 +126,8 @@ class PneumoniaClassifier:
     """A model with its preprocessing and operating point.
 
     Predictions run on ONNX Runtime when the model folder ships an `onnx/model.onnx` exported from exactly
-    its safetensors weights (about twice as fast on 2 cores); otherwise on PyTorch. The PyTorch model, needed
-    for Grad-CAM, is then loaded on first use (or by `load_model()` in the background): importing
+    its safetensors weights (the network about 1.5x as fast on 2 cores); otherwise on PyTorch. The PyTorch
+    model, needed for Grad-CAM, is then loaded on first use (or by `load_model()` in the background): importing
     transformers takes seconds that a fresh app should not spend before it can answer.
     """
 

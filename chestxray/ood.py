@@ -42,7 +42,6 @@ GATE_CONFIG_FILE = "ood_gate.json"
 GATE_FORMAT_VERSION = 1
 
 FRONTAL_CHEST, NOT_FRONTAL_CHEST, OUTSIDE_POPULATION = "frontal_chest", "not_frontal_chest", "outside_population"
-GATES = (FRONTAL_CHEST, NOT_FRONTAL_CHEST, OUTSIDE_POPULATION)
 
 # One plain sentence per reason: what the image looks like and what to upload instead (or the population warning).
 UPLOAD_INSTEAD = "please upload a frontal (PA or AP) chest X-ray instead"

@@ -1,4 +1,4 @@
-"""ONNX Runtime for predictions: the same network as the PyTorch weights, about twice as fast on 2 cores.
+"""ONNX Runtime for predictions: the same network as the PyTorch weights, about 1.5x as fast on 2 cores.
 
 The export (`onnx/model.onnx`, written by the training pipeline or `python -m train.export_onnx`) records
 the SHA-256 of the `model.safetensors` it was made from, and was checked against those weights when it was

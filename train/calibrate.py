@@ -96,7 +96,7 @@ class CalibrateArguments:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.card import SUMMARY_FILE, render_card
+    from train.card import SUMMARY_FILE, published_path, render_card
     from train.data import drop_unreadable, load_raw_dataset, split_membership
     from train.report import dataset_logits, evaluate_split
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = load_raw_dataset(args.dataset_name, args.data_dir)
     if args.split:
         dataset, _ = drop_unreadable(raw[args.split], args.split)
-        description = f"`{args.split}` split of {args.dataset_name or args.data_dir}"
+        description = f"`{args.split}` split of {args.dataset_name or published_path(args.data_dir)}"
     else:
         dataset, _ = split_membership(raw["train"], model_dir / "splits" / "validation.csv")
         description = "patient-level hold-out carved from the Kermany train split"

@@ -36,6 +36,7 @@ from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from chestxray.batch import IMAGE_SUFFIXES as BATCH_SUFFIXES
 from chestxray.classifier import PneumoniaClassifier
 from chestxray.imaging import read_image
 from chestxray.ood import (FRONTAL_CHEST, GATE_CONFIG_FILE, GATE_FILE, NOT_FRONTAL_CHEST, OUTSIDE_POPULATION, Gaussian,
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 SPLITS_FILE = "ood_gate_splits.json"
 ADULT = "adult"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm")
+IMAGE_SUFFIXES = {suffix for suffix in BATCH_SUFFIXES if suffix}  # what `predict` reads, less files without a suffix
 # Development folders under ood/ and the reason a person is told; a folder not listed here is "other body part".
 REASON_OF_KIND = {
     "lateral_chest": "lateral_view", "lateral": "lateral_view", "ct_chest": "not_radiograph", "ct": "not_radiograph",

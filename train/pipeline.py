@@ -352,8 +352,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
     output_dir = Path(training_args.output_dir)
     push_repo = None
     if training_args.push_to_hub:
-        push_repo = training_args.hub_model_id or f"{output_dir.name}"
-        if "/" not in push_repo:
+        push_repo = training_args.hub_model_id
+        if not push_repo or "/" not in push_repo:
             raise PushError("--push_to_hub needs --hub_model_id user/name.")
         hub_token()  # fail now, not after hours of training
         training_args.push_to_hub = False  # one push, of the finished folder, by train.push

@@ -16,7 +16,6 @@ from train.calibration import expected_calibration_error, positive_probabilities
 from train.data import load_image
 
 METRIC_PATH = str(Path(__file__).resolve().parent.parent / "metrics" / "binary_diagnostic")
-HEADLINE_METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "ece")
 
 
 def load_metric():
