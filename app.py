@@ -287,61 +287,66 @@ def heatmap_legend_html() -> str:
     )
 
 
-def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[str] | None = None,
-               uploads: UploadFolder | None = None) -> gr.Blocks:
-    """The whole UI and API around one loaded classifier (the tests launch it with a tiny model)."""
-    uploads = uploads or UploadFolder(UPLOAD_DIR)
-    batches, clients = BatchAdmission(), ClientAdmission()  # who may join the queue (admission.py)
+class Handlers:
+    """What the page and the API run around one loaded classifier. Each upload is read once and deleted, and
+    each request passes the queue's admission first (admission.py); `demo` is set once the page is built."""
 
-    def read_upload(path: str | None) -> Image.Image:
+    def __init__(self, classifier: PneumoniaClassifier, model_name: str, uploads: UploadFolder) -> None:
+        self.classifier, self.model_name, self.uploads = classifier, model_name, uploads
+        self.batches, self.clients = BatchAdmission(), ClientAdmission()
+        self.demo: gr.Blocks | None = None
+
+    def read_upload(self, path: str | None) -> Image.Image:
         if not path:
             raise ImageReadError("Upload a chest X-ray first (PNG, JPEG, TIFF, BMP, WebP or DICOM).")
         try:
-            return classifier.read(path, name=_upload_name(path))
+            return self.classifier.read(path, name=_upload_name(path))
         finally:
-            uploads.discard(path)  # the decoded image is all that is needed: the file goes now
+            self.uploads.discard(path)  # the decoded image is all that is needed: the file goes now
 
-    def heatmap_for(image: Image.Image, prediction, shown: Image.Image | None = None) -> np.ndarray | None:
+    def heatmap_for(self, image: Image.Image, prediction, shown: Image.Image | None = None) -> np.ndarray | None:
         """The heatmap over `shown` (the upload as displayed), or None when the gate refused the image."""
         if refused(prediction):
             return None
         shown = shown if shown is not None else display_image(image)
-        return overlay(shown, evidence(grad_cam(classifier, image), prediction.pneumonia_probability))
+        return overlay(shown, evidence(grad_cam(self.classifier, image), prediction.pneumonia_probability))
 
-    def read_for_api(path: str | None) -> Image.Image:
+    def read_for_api(self, path: str | None) -> Image.Image:
         try:
-            return read_upload(path)
+            return self.read_upload(path)
         except ImageReadError as error:
             raise user_error(str(error)) from None
 
-    def predict(path: str | None, request: gr.Request) -> dict:
-        clients.started(client_address(request))
-        return prediction_json(classifier.predict([read_for_api(path)])[0], model_name)
+    def predict(self, path: str | None, request: gr.Request) -> dict:
+        self.clients.started(client_address(request))
+        return prediction_json(self.classifier.predict([self.read_for_api(path)])[0], self.model_name)
 
-    def analyse(path: str | None, request: gr.Request):
-        clients.started(client_address(request))
-        image = read_for_api(path)
-        prediction = classifier.predict([image])[0]
+    def analyse(self, path: str | None, request: gr.Request):
+        self.clients.started(client_address(request))
+        image = self.read_for_api(path)
+        prediction = self.classifier.predict([image])[0]
         probabilities = None if refused(prediction) else prediction.probabilities
-        return probabilities, decision_markdown(prediction), heatmap_for(image, prediction), prediction_json(prediction, model_name)
+        return (probabilities, decision_markdown(prediction), self.heatmap_for(image, prediction),
+                prediction_json(prediction, self.model_name))
 
+    @staticmethod
     def cleared(decision_text: str) -> tuple:
         """No picture, bars, heatmap, legend or JSON: only `decision_text` where the decision goes."""
         hidden = gr.update(value=None, visible=False)
         return hidden, hidden, decision_text, hidden, gr.update(visible=False), None
 
-    def show_upload(path: str | None, request: gr.Request):
+    def show_upload(self, path: str | None, request: gr.Request):
         """The page's answer to a new file (or to a cleared one): every output follows the input."""
-        clients.started(client_address(request))
+        self.clients.started(client_address(request))
         if not path:
-            return cleared(WAITING_TEXT)
+            return self.cleared(WAITING_TEXT)
         try:
-            image = read_upload(path)
+            image = self.read_upload(path)
         except ImageReadError as error:
-            return cleared(error_markdown(str(error)))
-        prediction = classifier.predict([image])[0]
+            return self.cleared(error_markdown(str(error)))
+        prediction = self.classifier.predict([image])[0]
         shown = display_image(image)
-        heatmap = heatmap_for(image, prediction, shown)
+        heatmap = self.heatmap_for(image, prediction, shown)
         shows_result = not refused(prediction)
         return (
             gr.update(value=shown, visible=True),  # a refused image too: the person sees what they sent
@@ -349,9 +354,10 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             decision_markdown(prediction),
             gr.update(value=heatmap, visible=shows_result),
             gr.update(visible=shows_result),
-            prediction_json(prediction, model_name),
+            prediction_json(prediction, self.model_name),
         )
 
+    @staticmethod
     def batch_size_problem(paths: list[str] | None) -> str | None:
         if not paths:
             return "Upload one or more chest X-rays first."
@@ -359,46 +365,57 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             return f"{len(paths)} files is more than the {MAX_BATCH_FILES} a batch can take; split them up."
         return None
 
-    def client_refusal(request: gr.Request) -> str | None:
-        return clients.refusal(lambda: [client_address(event.request) for event in waiting_events(demo)],
-                               client_address(request), MAX_WAITING_PER_CLIENT)
+    def client_refusal(self, request: gr.Request) -> str | None:
+        return self.clients.refusal(lambda: [client_address(event.request) for event in waiting_events(self.demo)],
+                                    client_address(request), MAX_WAITING_PER_CLIENT)
 
-    def admit(_path: str | None, request: gr.Request):
+    def admit(self, _path: str | None, request: gr.Request):
         """Runs when a request asks to join the queue, before it waits (see admission.py)."""
-        message = client_refusal(request)
+        message = self.client_refusal(request)
         return gr.validate(message is None, message or "")
 
-    # A validator costs each request a few ms (Gradio prepares the inputs for it): only where there is a limit.
-    admit_single = admit if MAX_WAITING_PER_CLIENT > 0 else None
+    @property
+    def admit_single(self):
+        """A validator costs each request a few ms (Gradio prepares the inputs for it): only where there is a limit."""
+        return self.admit if MAX_WAITING_PER_CLIENT > 0 else None
 
-    def admit_batch(paths: list[str] | None, request: gr.Request):
+    def admit_batch(self, paths: list[str] | None, request: gr.Request):
         """A batch that would only wait to be refused, or that would crowd the queue, is told so at once (the files
         stay uploaded, so a retry from the page works)."""
-        waiting = lambda: [batch_owner(event.request, event.session_hash) for event in waiting_events(demo)  # noqa: E731
+        waiting = lambda: [self.batch_owner(event.request, event.session_hash) for event in waiting_events(self.demo)  # noqa: E731
                            if event.fn.api_name == "predict_batch"]
-        message = (batch_size_problem(paths) or client_refusal(request)
-                   or batches.refusal(waiting, batch_owner(request, request.session_hash), MAX_WAITING_BATCHES,
-                                      BATCH_TIME_BUDGET_S))
+        message = (self.batch_size_problem(paths) or self.client_refusal(request)
+                   or self.batches.refusal(waiting, self.batch_owner(request, request.session_hash), MAX_WAITING_BATCHES,
+                                           BATCH_TIME_BUDGET_S))
         return gr.validate(message is None, message or "")
 
+    @staticmethod
     def batch_owner(request, session_hash: str | None) -> str | None:
         """Who may have one batch waiting: a page (its session), or on a Space a client (its address), since a
         script can open as many sessions as it likes."""
         return client_address(request) if MAX_WAITING_PER_CLIENT > 0 else session_hash
 
-    def predict_batch(paths: list[str] | None, request: gr.Request):
-        batches.started(batch_owner(request, request.session_hash))
-        clients.started(client_address(request))
+    def predict_batch(self, paths: list[str] | None, request: gr.Request):
+        self.batches.started(self.batch_owner(request, request.session_hash))
+        self.clients.started(client_address(request))
         try:
-            if message := batch_size_problem(paths):
+            if message := self.batch_size_problem(paths):
                 raise user_error(message)
-            results = predict_files(classifier, [(_upload_name(p), p) for p in paths], time_budget_s=BATCH_TIME_BUDGET_S)
+            results = predict_files(self.classifier, [(_upload_name(p), p) for p in paths],
+                                    time_budget_s=BATCH_TIME_BUDGET_S)
         finally:
             for path in paths or ():
-                uploads.discard(path)
+                self.uploads.discard(path)
         rows = [[r.file, r.pneumonia_probability, batch_decision(r), plain(r.error or r.message) or ""] for r in results]
         csv_path = write_csv(results, Path(tempfile.mkdtemp(dir=UPLOAD_DIR, prefix=CSV_PREFIX)) / "pneumonia_predictions.csv")
         return rows, str(csv_path)
+
+
+def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[str] | None = None,
+               uploads: UploadFolder | None = None) -> gr.Blocks:
+    """The whole UI and API around one loaded classifier (the tests launch it with a tiny model)."""
+    uploads = uploads or UploadFolder(UPLOAD_DIR)
+    handlers = Handlers(classifier, model_name, uploads)
 
     with gr.Blocks(title="Pneumonia on chest X-rays") as demo:
         gr.Markdown("# Pneumonia on paediatric chest X-rays\n" + DISCLAIMER, elem_id="header")
@@ -433,15 +450,17 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
                 answer = gr.JSON(label="Prediction")
             # The page's event and its API twins share one worker (SINGLE_XRAY): each holds at most one decoded upload,
             # so four requests of the worst admissible file at once cannot hold four of them in memory.
-            upload.change(show_upload, upload, [preview, confidences, decision, heatmap, legend, answer],
-                          api_visibility="private", show_progress="minimal", validator=admit_single, concurrency_id=SINGLE_XRAY)
+            upload.change(handlers.show_upload, upload, [preview, confidences, decision, heatmap, legend, answer],
+                          api_visibility="private", show_progress="minimal", validator=handlers.admit_single,
+                          concurrency_id=SINGLE_XRAY)
             # API-only twins of the page: one file in, the answer out.
             predict_trigger = gr.Button(visible=False)
-            predict_trigger.click(predict, upload, answer, api_name="predict", validator=admit_single, concurrency_id=SINGLE_XRAY,
-                                  api_description=PREDICT_DESCRIPTION)
+            predict_trigger.click(handlers.predict, upload, answer, api_name="predict", validator=handlers.admit_single,
+                                  concurrency_id=SINGLE_XRAY, api_description=PREDICT_DESCRIPTION)
             analyse_trigger = gr.Button(visible=False)
-            analyse_trigger.click(analyse, upload, [confidences, decision, heatmap, answer], api_name="analyse", validator=admit_single,
-                                  concurrency_id=SINGLE_XRAY, api_description=ANALYSE_DESCRIPTION)
+            analyse_trigger.click(handlers.analyse, upload, [confidences, decision, heatmap, answer], api_name="analyse",
+                                  validator=handlers.admit_single, concurrency_id=SINGLE_XRAY,
+                                  api_description=ANALYSE_DESCRIPTION)
         with gr.Tab("Batch"):
             batch_upload = gr.File(label=f"Up to {MAX_BATCH_FILES} X-rays", file_count="multiple", type="filepath",
                                    elem_id="batch-upload")
@@ -452,8 +471,8 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             csv_file = gr.File(label="CSV download", elem_id="batch-csv")
             gr.Markdown(f"The CSV is kept for {CSV_LIFETIME_S // 60} minutes after the batch is answered, then deleted.",
                         elem_id="csv-lifetime")
-            batch_button.click(predict_batch, batch_upload, [table, csv_file], api_name="predict_batch", validator=admit_batch,
-                               api_description=BATCH_DESCRIPTION)
+            batch_button.click(handlers.predict_batch, batch_upload, [table, csv_file], api_name="predict_batch",
+                               validator=handlers.admit_batch, api_description=BATCH_DESCRIPTION)
             # In the browser alone: nothing for the server to prepare, and no event for a script to queue.
             batch_upload.change(None, None, [table, csv_file], js=f"() => [{{headers: {json.dumps(BATCH_HEADERS)}, data: []}}, null]",
                                 api_visibility="private")
@@ -461,6 +480,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             gr.Markdown(about_markdown(classifier, model_name))
         gr.Markdown(f"Model: {card_link(classifier, model_name)}. From code: “Use via API” below, or the About & API tab.",
                     elem_id="footer-note")
+    handlers.demo = demo
     uploads.protected = {path for block in demo.blocks.values() for path in getattr(block, "keep_in_cache", set())}
     demo.uploads = uploads  # the HTTP guard reports stored uploads to it (see `serve`)
     return demo
