@@ -38,16 +38,19 @@ def main() -> None:
         prepared = prepare_splits(load_raw_dataset(None, data_args.data_dir), data_args, training_args.seed)
         built = build_model(model_args)
         augmentation = XRayAugmentation.from_data_arguments(data_args)
-        train_transform, _ = make_transforms(built.processor, model_args.image_size, augmentation)
+        image_size = built.processor.size["height"]  # as train.pipeline.train_draw: the size the network is fed
+        train_transform, _ = make_transforms(built.processor, image_size, augmentation)
+        labels = prepared.splits["train"]["label"]
+        loss = make_loss(class_weights(labels, model_args.class_weighting), training_args.label_smoothing_factor)
         trainer = Trainer(model=built.model, args=training_args, train_dataset=prepared.splits["train"].with_transform(train_transform),
-                          data_collator=collate, compute_loss_func=make_loss(class_weights(prepared.splits["train"]["label"], "balanced"), 0.0))
+                          data_collator=collate, compute_loss_func=loss)
         started = time.perf_counter()
         trainer.train()
         elapsed = time.perf_counter() - started
     images = args.steps * training_args.per_device_train_batch_size
     epoch_images = len(prepared.splits["train"])
     name = model_args.model_name_or_path or f"{model_args.model_type}-{model_args.model_size} from scratch"
-    print(f"{name} ({built.model.config.model_type}) at {model_args.checkpoint_image_size or model_args.image_size} px, "
+    print(f"{name} ({built.model.config.model_type}) at {image_size} px, "
           f"batch {training_args.per_device_train_batch_size}, "
           f"{torch.get_num_threads()} threads: {images / elapsed:.1f} training images/s "
           f"(~{epoch_images / (images / elapsed) / 60:.1f} min per epoch of {epoch_images} images)")
