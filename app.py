@@ -40,7 +40,7 @@ from starlette.middleware import Middleware  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 
 from chestxray import ImageReadError, ModelLoadError, PneumoniaClassifier  # noqa: E402
-from chestxray.batch import expand_paths, predict_files, write_csv  # noqa: E402
+from chestxray.batch import expand_paths, predict_files, read_split_list, write_csv  # noqa: E402
 from chestxray.explain import COLORMAP_ANCHORS, EVIDENCE_FLOOR, display_image, evidence, grad_cam, overlay  # noqa: E402
 from admission import BatchAdmission, ClientAdmission, client_address, waiting_events  # noqa: E402
 from http_guard import HttpGuard, UploadQuota  # noqa: E402
@@ -559,7 +559,7 @@ def local_examples(folder: str, per_class: int = 2, prefer_listed_in: Path | Non
     `splits/validation.csv`), copied into the temporary area Gradio serves from."""
     files = expand_paths([folder])
     if prefer_listed_in is not None and prefer_listed_in.is_file():
-        held_out = {line.split(",")[0] for line in prefer_listed_in.read_text().splitlines()[1:]}
+        held_out = read_split_list(prefer_listed_in)
         files = [f for f in files if f.name in held_out] or files
     picked: list[Path] = []
     for label in ("NORMAL", "PNEUMONIA"):

@@ -28,6 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from chestxray import PneumoniaClassifier, read_image  # noqa: E402
+from chestxray.batch import read_split_list  # noqa: E402
 from chestxray.ood import image_descriptor, judge_images  # noqa: E402
 from train.card import rate_interval  # noqa: E402
 from train.gate import FILM_TRANSFORMS, SPLITS_FILE, SYNTHETIC_NOT_XRAYS, as_upload, rates  # noqa: E402
@@ -89,7 +90,7 @@ def main() -> None:
     validation = []
     validation_file = model / "splits" / "validation.csv"
     if validation_file.is_file() and (data / "chest_xray" / "train").is_dir():
-        rows = [line.split(",") for line in validation_file.read_text().splitlines()[1:]]
+        rows = read_split_list(validation_file).items()
         validation = [classifier.read(data / "chest_xray" / "train" / label / name) for name, label in rows]
         for name, shift in SHIFTS.items():
             label = "paediatric validation" + ("" if name == "none" else f", {name}")

@@ -94,3 +94,10 @@ def write_csv(results: Sequence[FileResult], path: str | Path) -> Path:
 def _inert_cell(value):
     """A text cell that a spreadsheet would read as a formula gets a leading `'` (OWASP's CSV-injection advice)."""
     return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
+def read_split_list(path: str | Path) -> dict[str, str]:
+    """File name -> label from a model folder's `splits/<split>.csv`, as `train.data.write_split_lists` writes it
+    (a real CSV: a file name may hold a comma)."""
+    with Path(path).open(newline="") as handle:
+        return {row["file"]: row["label"] for row in csv.DictReader(handle)}

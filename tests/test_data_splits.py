@@ -8,7 +8,8 @@ import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature
 
 from conftest import synthetic_xray, write_image_folder
-from train.data import carve_validation, image_name, load_raw_dataset, patient_id
+from chestxray.batch import read_split_list
+from train.data import carve_validation, image_name, load_raw_dataset, patient_id, split_membership, write_split_lists
 
 
 @pytest.mark.parametrize(
@@ -109,3 +110,17 @@ def test_a_dataset_with_other_classes_is_refused(tmp_path):
     dataset.to_parquet(str(tmp_path / "repo" / "data" / "train-00000-of-00001.parquet"))
     with pytest.raises(ValueError, match="NORMAL and PNEUMONIA"):
         load_raw_dataset(str(tmp_path / "repo"), None)
+
+
+def test_a_split_list_round_trips_file_names_that_hold_commas_or_quotes(tmp_path):
+    """The split lists are real CSV: a user's "scan, left.png" must come back as itself, or the model's own
+    hold-out (reloaded by train.calibrate, train.shifts and the app's examples) would silently lose it."""
+    root = write_image_folder(tmp_path / "data", {"train": 4}, images_per_patient=1)
+    for index, image in enumerate(sorted((root / "train" / "NORMAL").iterdir())[:2]):
+        image.rename(image.with_name(['scan, left.jpeg', 'film "2".jpeg'][index]))
+    dataset = load_raw_dataset(None, str(root))["train"]
+    write_split_lists(DatasetDict({"validation": dataset}), tmp_path / "splits")
+    listed = read_split_list(tmp_path / "splits" / "validation.csv")
+    assert {"scan, left.jpeg", 'film "2".jpeg'} <= set(listed) and listed["scan, left.jpeg"] == "NORMAL"
+    inside, outside = split_membership(dataset, tmp_path / "splits" / "validation.csv")
+    assert len(inside) == len(dataset) and len(outside) == 0

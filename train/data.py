@@ -6,6 +6,7 @@ split drawn image by image would put the same child on both sides and flatter ev
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import re
@@ -16,6 +17,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
 from sklearn.model_selection import StratifiedGroupKFold
 
+from chestxray.batch import read_split_list
 from chestxray.classifier import NEGATIVE_LABEL, POSITIVE_LABEL
 from chestxray.imaging import ImageReadError, read_image
 
@@ -241,15 +243,15 @@ def write_split_lists(splits: DatasetDict, folder: Path) -> None:
     """The exact files of every split, next to the weights, so a run can be audited and repeated."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, dataset in splits.items():
-        lines = ["file,label"] + [
-            f"{image_name(image)},{LABEL_NAMES[label]}" for image, label in zip(dataset["image"], dataset["label"])
-        ]
-        (folder / f"{split}.csv").write_text("\n".join(lines) + "\n")
+        with (folder / f"{split}.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["file", "label"])
+            writer.writerows([image_name(image), LABEL_NAMES[label]] for image, label in zip(dataset["image"], dataset["label"]))
 
 
 def split_membership(dataset: Dataset, split_file: Path) -> tuple[Dataset, Dataset]:
     """(rows listed in a model's `splits/<split>.csv`, the other rows): the model's own hold-out, reloaded."""
-    names = {line.split(",")[0] for line in split_file.read_text().splitlines()[1:]}
+    names = set(read_split_list(split_file))
     listed = [image_name(cell) in names for cell in dataset["image"]]
     return (dataset.select([i for i, inside in enumerate(listed) if inside]),
             dataset.select([i for i, inside in enumerate(listed) if not inside]))
