@@ -148,3 +148,20 @@ def test_calibration_stays_bounded_on_perfectly_separable_validation_data(caplog
     assert TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1] and abs(bias) <= MAX_ABS_BIAS
     scores = positive_probabilities(logits, temperature, bias)
     assert roc_auc_score(labels, scores) == 1.0  # no saturation into ties
+
+
+def test_a_model_with_pneumonia_first_is_calibrated_as_the_same_model_with_pneumonia_second():
+    """A Hub model may order its labels PNEUMONIA, NORMAL: its logits' columns are swapped, the data's labels are not
+    (1 = PNEUMONIA). Calibrating it must give the same temperature, bias and probabilities."""
+    from train.calibration import fit_calibration, positive_probabilities
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2.0, (2000, 2))
+    labels = np.array([rng.random() < p for p in softmax(logits, axis=1)[:, 1]]).astype(int)
+    logits = logits * 1.7
+    logits[:, 1] -= 0.8
+    swapped = logits[:, ::-1].copy()
+    expected = fit_calibration(logits, labels)
+    assert fit_calibration(swapped, labels, positive_index=0) == pytest.approx(expected, rel=1e-4)
+    assert positive_probabilities(swapped, *expected, positive_index=0) == pytest.approx(
+        positive_probabilities(logits, *expected), abs=1e-9)

@@ -24,7 +24,7 @@ from train.calibration import FLOORED_STRATEGIES, STRATEGIES, OperatingPoint, ca
 def fit_operating_point(logits: np.ndarray, labels: np.ndarray, strategy: str, min_sensitivity: float,
                         fixed_threshold: float, positive_index: int = 1) -> OperatingPoint:
     """Temperature and bias, then threshold, on validation only; nothing is changed."""
-    temperature, bias = fit_calibration(logits, labels)
+    temperature, bias = fit_calibration(logits, labels, positive_index)
     scores = positive_probabilities(logits, temperature, bias, positive_index)
     threshold, sensitivity, specificity = choose_threshold(labels, scores, strategy, min_sensitivity, fixed_threshold)
     return OperatingPoint(

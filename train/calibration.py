@@ -58,13 +58,15 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(T, b) minimising validation NLL of softmax(logits / T + b on PNEUMONIA).
+def fit_calibration(logits: np.ndarray, labels: np.ndarray, positive_index: int = 1) -> tuple[float, float]:
+    """(T, b) minimising validation NLL of softmax(logits / T + b on PNEUMONIA), for labels 1 = PNEUMONIA and
+    logits in the model's own order (PNEUMONIA in column `positive_index`, as a Hub model may have it).
 
     A class-weighted loss shifts every logit by about log(class weight ratio): a prior shift that no
     temperature can undo. The bias takes it back out (it stays ~0 for an unweighted loss).
     """
     logits, labels = np.asarray(logits, dtype=float), np.asarray(labels, dtype=int)
+    logits = logits if positive_index == 1 else logits[:, [1 - positive_index, positive_index]]  # NORMAL, PNEUMONIA
     # Bounded: on perfectly separable validation data the likelihood keeps rising as T -> 0, which would
     # saturate every probability to exactly 0 or 1.
     result = minimize(lambda p: _nll(logits, labels, np.exp(p[0]), p[1]),
