@@ -37,6 +37,14 @@ HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "README.md", ONNX_FILE]
 FOLDED_CALIBRATION_KEY = "calibration_folded_into_head"
 
 
+def calibrated_logits(logits: np.ndarray, temperature: float, bias: float = 0.0, positive_index: int = 1) -> np.ndarray:
+    """logits / T, plus `bias` on the positive class: the calibration that `train.calibration` fits and every
+    caller here applies. In float64, so that a sharp calibration does not saturate to exact 0 or 1."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    scaled[:, positive_index] += bias
+    return scaled
+
+
 class ModelLoadError(RuntimeError):
     """The model cannot be loaded; the message says which model and what to do."""
 
@@ -240,10 +248,9 @@ class PneumoniaClassifier:
         return image.reduce(factors) if factors != (1, 1) else image
 
     def calibrated_probabilities(self, logits: torch.Tensor) -> np.ndarray:
-        """P(PNEUMONIA) = softmax(logits / T, plus the calibration bias on PNEUMONIA), as fitted on validation."""
-        scaled = logits.double() / self.temperature  # float64: sharp calibrations must not saturate to exact 0/1
-        scaled[:, self.positive_index] += self.bias
-        return torch.softmax(scaled, dim=-1)[:, self.positive_index].numpy()
+        """P(PNEUMONIA) = softmax of the calibrated logits, as fitted on validation."""
+        scaled = calibrated_logits(logits.detach().cpu().numpy(), self.temperature, self.bias, self.positive_index)
+        return torch.softmax(torch.from_numpy(scaled), dim=-1)[:, self.positive_index].numpy()
 
     def logits_and_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass gives both the logits and the features the OOD check measures (`LogitsAndFeatures`)."""

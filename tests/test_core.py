@@ -223,6 +223,27 @@ def test_own_preprocessing_equals_the_saved_transformers_processor(trained_model
     torch.testing.assert_close(classifier.processor(images), expected, atol=1e-6, rtol=0)
 
 
+def test_training_feeds_the_network_the_pixels_the_app_serves(trained_model):
+    """One preprocessing code path: a film the Trainer evaluates gets exactly the pixel values the app computes."""
+    import io
+
+    from transformers import AutoImageProcessor
+
+    from train.augment import XRayAugmentation
+    from train.pipeline import make_transforms
+
+    classifier = PneumoniaClassifier.from_pretrained(trained_model)
+    films = [synthetic_xray(1, 9, size=96).resize((110, 90)), synthetic_xray(0, 10).convert("RGB")]
+    cells = []
+    for film in films:
+        buffer = io.BytesIO()
+        film.save(buffer, format="PNG")
+        cells.append({"bytes": buffer.getvalue(), "path": None})
+    _, eval_transform = make_transforms(AutoImageProcessor.from_pretrained(trained_model), classifier.image_size, XRayAugmentation())
+    trained_on = eval_transform({"image": cells, "label": [1, 0]})["pixel_values"]
+    assert all(torch.equal(seen, served) for seen, served in zip(trained_on, classifier.pixel_values(films)))
+
+
 def test_large_uploads_are_shrunk_first_without_changing_the_answer(trained_model):
     classifier = PneumoniaClassifier.from_pretrained(trained_model)
     large = synthetic_xray(1, 31, size=96).resize((2000, 1600), Image.Resampling.BICUBIC)

@@ -9,6 +9,8 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 
+from chestxray.classifier import calibrated_logits
+
 
 TEMPERATURE_RANGE = (0.05, 20.0)
 MAX_ABS_BIAS = 10.0
@@ -33,13 +35,6 @@ class OperatingPoint:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def calibrated_logits(logits: np.ndarray, temperature: float, bias: float = 0.0, positive_index: int = 1) -> np.ndarray:
-    """logits / T, plus `bias` on the positive class: the same formula as `chestxray.PneumoniaClassifier`."""
-    scaled = np.asarray(logits, dtype=float) / temperature
-    scaled[:, positive_index] += bias
-    return scaled
 
 
 def positive_probabilities(logits: np.ndarray, temperature: float, bias: float = 0.0, positive_index: int = 1) -> np.ndarray:

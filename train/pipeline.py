@@ -24,6 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from chestxray.classifier import PneumoniaClassifier
 from chestxray.imaging import to_model_input
 from chestxray.ood import GATE_CONFIG_FILE, GATE_FILE, REFERENCE_FILE
+from chestxray.preprocess import Preprocessing
 from chestxray.runtime import ONNX_FILE
 from train.arguments import DataArguments, ModelArguments, XRayTrainingArguments, argument_parser
 from train.augment import XRayAugmentation
@@ -72,9 +73,10 @@ def make_transforms(processor, image_size: int, augmentation: XRayAugmentation, 
     teachers, each teacher's own processor on the augmented image, or on the film as filmed: `teacher_view`)."""
 
     teacher_processors = teachers.processors if teachers is not None else None
+    preprocessing = Preprocessing.from_processor(processor)  # the arithmetic the app serves with: one code path
 
     def to_pixels(images: list[Image.Image]) -> list[torch.Tensor]:
-        return list(processor(images=[to_model_input(image) for image in images], return_tensors="pt")["pixel_values"])
+        return list(preprocessing([to_model_input(image) for image in images]))
 
     def train_transform(batch: dict) -> dict:
         # Squash to the model size first (what the processor would do) so augmentation works on few pixels.
@@ -343,33 +345,31 @@ def log_processes(training_args) -> None:
                        "--num_processes N -m train ... --use_cpu` or `torchrun --nproc_per_node N -m train ...`.")
 
 
-def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRayTrainingArguments,
-        extra_callbacks: tuple = (), command: str | None = None) -> dict:
-    """The whole job; `extra_callbacks` are passed to the Trainer (logging, alerts, fault injection in tests);
-    `command`, the card's "reproduce with", defaults to this process's own command line."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True)
-    transformers.utils.logging.set_verbosity_warning()
-    output_dir = Path(training_args.output_dir)
-    push_repo = None
-    if training_args.push_to_hub:
-        push_repo = training_args.hub_model_id
-        if not push_repo or "/" not in push_repo:
-            raise PushError("--push_to_hub needs --hub_model_id user/name.")
-        hub_token()  # fail now, not after hours of training
-        training_args.push_to_hub = False  # one push, of the finished folder, by train.push
-    log_processes(training_args)
-    set_seed(training_args.seed)
-    teacher_folders = teacher_paths(model_args.teacher_model_name_or_path)
-    # Fail before the data are read; ONNX copies of the teachers only where they will run (on the CPU).
-    teachers = load_teachers(teacher_folders, onnx=training_args.device.type == "cpu") if teacher_folders else None
+def push_target(training_args) -> str | None:
+    """The Hub repo the finished folder goes to, checked before hours of training rather than after."""
+    if not training_args.push_to_hub:
+        return None
+    repo = training_args.hub_model_id
+    if not repo or "/" not in repo:
+        raise PushError("--push_to_hub needs --hub_model_id user/name.")
+    hub_token()
+    training_args.push_to_hub = False  # one push, of the finished folder, by train.push
+    return repo
 
+
+def load_prepared_data(data_args: DataArguments, seed: int) -> PreparedData:
     prepared = prepare_splits(load_raw_dataset(data_args.dataset_name, data_args.data_dir, data_args.dataset_revision),
-                              data_args, training_args.seed)
+                              data_args, seed)
     for split, ds in prepared.splits.items():
         logger.info("%s: %d images (%s)", split, len(ds), dict(zip(LABEL_NAMES, np.bincount(ds["label"], minlength=2).tolist())))
     if prepared.skipped_count:
         logger.warning("Skipped %d unreadable images: %s", prepared.skipped_count, prepared.skipped_files)
+    return prepared
 
+
+def train_best_draw(model_args: ModelArguments, data_args: DataArguments, training_args: XRayTrainingArguments,
+                    prepared: PreparedData, teachers: Teachers | None, extra_callbacks: tuple) -> tuple[Draw, list[dict], float]:
+    """Trains each draw and keeps the best by validation; returns it, every draw's record and the minutes in all."""
     best, records, minutes = None, [], 0.0
     for seed in draw_seeds(training_args):
         draw = train_draw(seed, model_args, data_args, training_args, prepared, teachers, extra_callbacks)
@@ -381,9 +381,74 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
         records.append(draw.record)
         best = better_draw(best, draw, training_args.greater_is_better)
         draw = None  # a draw that is not the best is freed before the next trains
+    if len(records) > 1 and best.trainer.is_world_process_zero():
+        shutil.rmtree(Path(training_args.output_dir) / DRAWS_DIR, ignore_errors=True)
+    return best, records, minutes
+
+
+def save_model_folder(classifier: PneumoniaClassifier, trainer: transformers.Trainer, built: BuiltModel,
+                      prepared: PreparedData, output_dir: Path, export: bool) -> None:
+    """The weights, processor and split lists; what an earlier model left in the folder goes first."""
+    trainer.save_model(str(output_dir))
+    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; training_args.json replaces it
+    built.processor.save_pretrained(str(output_dir))
+    clear_previous_results(output_dir)
+    if export:
+        logger.info("ONNX export: %s", export_onnx(classifier, output_dir))
+    write_split_lists(prepared.splits, output_dir / "splits")
+
+
+def write_gate(classifier: PneumoniaClassifier, prepared: PreparedData, validation_features: torch.Tensor,
+               ood_dir: str | None, output_dir: Path) -> None:
+    """The feature reference, and the learned gate where development folders were given (`train.gate`)."""
+    validation = prepared.splits["validation"]
+    ood_stats = write_reference(classifier, dataset_features(classifier, prepared.splits["train"]), validation_features, output_dir)
+    logger.info("Out-of-distribution reference: %s", ood_stats)
+    if ood_dir:
+        gate = write_gate_for_splits(classifier, output_dir, prepared.splits["train"], validation, ood_dir,
+                                     batch_holdout=prepared.splits.get(BATCH_HOLDOUT_SPLIT))
+        logger.info("Out-of-distribution gate, flagged on held-out images: %s", gate_summary(gate))
+
+
+def evaluate_splits(classifier: PneumoniaClassifier, prepared: PreparedData, data_args: DataArguments, output_dir: Path,
+                    validation_logits: np.ndarray) -> dict:
+    """A report for validation, the test split and the NORMAL batch held out, where each exists."""
+    grouped = prepared.grouped_by_patient
+    reports = {"validation": evaluate_split(classifier, prepared.splits["validation"], "validation",
+                                            split_description("validation", data_args, grouped), output_dir, validation_logits)}
+    if "test" in prepared.splits:
+        reports["test"] = evaluate_split(classifier, prepared.splits["test"], "test", split_description("test", data_args, grouped),
+                                         output_dir)
+    if BATCH_HOLDOUT_SPLIT in prepared.splits:  # specificity on a NORMAL batch never trained on, at the stored threshold
+        reports[BATCH_HOLDOUT_SPLIT] = evaluate_split(classifier, prepared.splits[BATCH_HOLDOUT_SPLIT], BATCH_HOLDOUT_SPLIT,
+                                                      batch_holdout_description(data_args.holdout_normal_batch), output_dir)
+    return reports
+
+
+def log_reports(reports: dict) -> None:
+    for split, report in reports.items():
+        m = report["metrics"]
+        logger.info("%s: ROC-AUC %s, sensitivity %.4f, specificity %.4f, ECE %.4f at threshold %.4f", split,
+                    f"{m['roc_auc']:.4f}" if m["roc_auc"] is not None else "n/a", m["sensitivity"], m["specificity"], m["ece"], m["threshold"])
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRayTrainingArguments,
+        extra_callbacks: tuple = (), command: str | None = None) -> dict:
+    """The whole job; `extra_callbacks` are passed to the Trainer (logging, alerts, fault injection in tests);
+    `command`, the card's "reproduce with", defaults to this process's own command line."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, force=True)
+    transformers.utils.logging.set_verbosity_warning()
+    output_dir = Path(training_args.output_dir)
+    push_repo = push_target(training_args)
+    log_processes(training_args)
+    set_seed(training_args.seed)
+    teacher_folders = teacher_paths(model_args.teacher_model_name_or_path)
+    # Fail before the data are read; ONNX copies of the teachers only where they will run (on the CPU).
+    teachers = load_teachers(teacher_folders, onnx=training_args.device.type == "cpu") if teacher_folders else None
+    prepared = load_prepared_data(data_args, training_args.seed)
+
+    best, records, minutes = train_best_draw(model_args, data_args, training_args, prepared, teachers, extra_callbacks)
     trainer, built = best.trainer, best.built
-    if len(records) > 1 and trainer.is_world_process_zero():
-        shutil.rmtree(output_dir / DRAWS_DIR, ignore_errors=True)
     if not trainer.is_world_process_zero():  # DDP: the other processes' work ends with training; one writes the folder
         return {}
 
@@ -395,45 +460,23 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: XRa
                                    model_args.min_sensitivity, model_args.fixed_threshold)
     validation_logits = folded_logits(validation_logits, point, classifier.positive_index)  # the head is calibrated now
     logger.info("Operating point: %s", point)
-    trainer.save_model(str(output_dir))
-    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; training_args.json replaces it
-    built.processor.save_pretrained(str(output_dir))
-    clear_previous_results(output_dir)
     checks = model_args.post_training_checks
-    if model_args.export_onnx and checks:
-        logger.info("ONNX export: %s", export_onnx(classifier, output_dir))
-    write_split_lists(prepared.splits, output_dir / "splits")
+    save_model_folder(classifier, trainer, built, prepared, output_dir, export=model_args.export_onnx and checks)
     if checks:
-        ood_stats = write_reference(classifier, dataset_features(classifier, prepared.splits["train"]), validation_features, output_dir)
-        logger.info("Out-of-distribution reference: %s", ood_stats)
-        if data_args.ood_dir:  # development folders for the learned gate (train.gate)
-            gate = write_gate_for_splits(classifier, output_dir, prepared.splits["train"], validation, data_args.ood_dir,
-                                         batch_holdout=prepared.splits.get(BATCH_HOLDOUT_SPLIT))
-            logger.info("Out-of-distribution gate, flagged on held-out images: %s", gate_summary(gate))
+        write_gate(classifier, prepared, validation_features, data_args.ood_dir, output_dir)
     training_curves(trainer.state.log_history, output_dir / "training_curves.png")
 
-    reports = {"validation": evaluate_split(classifier, validation, "validation",
-                                            split_description("validation", data_args, prepared.grouped_by_patient),
-                                            output_dir, validation_logits)}
+    reports = evaluate_splits(classifier, prepared, data_args, output_dir, validation_logits)
     if checks:
         validation_images = [load_image(cell) for cell in validation["image"]]
         write_shift_report(shift_report(classifier, validation_images, validation["label"]), output_dir)
-    if "test" in prepared.splits:
-        reports["test"] = evaluate_split(classifier, prepared.splits["test"], "test",
-                                         split_description("test", data_args, prepared.grouped_by_patient), output_dir)
     extra = {"draws": records} if len(records) > 1 else {}
-    if BATCH_HOLDOUT_SPLIT in prepared.splits:  # specificity on a NORMAL batch never trained on, at the stored threshold
-        batch = data_args.holdout_normal_batch
-        reports[BATCH_HOLDOUT_SPLIT] = evaluate_split(classifier, prepared.splits[BATCH_HOLDOUT_SPLIT], BATCH_HOLDOUT_SPLIT,
-                                                      batch_holdout_description(batch), output_dir)
-        extra[BATCH_HOLDOUT_SPLIT] = batch_holdout_summary(reports[BATCH_HOLDOUT_SPLIT]["metrics"], batch)
+    if BATCH_HOLDOUT_SPLIT in reports:
+        extra[BATCH_HOLDOUT_SPLIT] = batch_holdout_summary(reports[BATCH_HOLDOUT_SPLIT]["metrics"], data_args.holdout_normal_batch)
     write_summary(output_dir, model_args, data_args, training_args, prepared, built, point, trainer, minutes,
                   command or shareable_command("train", sys.argv[1:]), extra, seed=best.seed)
     render_card(output_dir)
-    for split, report in reports.items():
-        m = report["metrics"]
-        logger.info("%s: ROC-AUC %s, sensitivity %.4f, specificity %.4f, ECE %.4f at threshold %.4f", split,
-                    f"{m['roc_auc']:.4f}" if m["roc_auc"] is not None else "n/a", m["sensitivity"], m["specificity"], m["ece"], m["threshold"])
+    log_reports(reports)
     logger.info("Model folder written to %s (%.1f min of training).", output_dir, minutes)
     if push_repo:
         logger.info("Pushed to %s", push_model_folder(output_dir, push_repo, bool(training_args.hub_private_repo)))
