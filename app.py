@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 # Every upload and every output file lives in this private folder: each upload is deleted as soon as it is
@@ -183,6 +184,17 @@ class UploadFolder:
                 file.parent.rmdir()
         except OSError:  # a folder sent as the file, or a folder another upload still uses
             pass
+
+    def discard_each(self, paths: Iterable[str]) -> None:
+        """`discard` once per file a request was sent with, however often and however spelt it names it: a batch
+        that names one stored path twice must not count down (and so delete) another client's upload of the same
+        bytes, still waiting for its answer."""
+        files: dict[str, str] = {}
+        for path in paths:
+            if self.holds(path):
+                files.setdefault(str(Path(path).resolve()), path)
+        for path in files.values():
+            self.discard(path)
 
     def purge(self, max_age_s: float, waiting_max_age_s: float = WAITING_UPLOAD_LIFETIME_S,
               csv_max_age_s: float = CSV_LIFETIME_S) -> None:
@@ -404,8 +416,7 @@ class Handlers:
             results = predict_files(self.classifier, [(_upload_name(p), p) for p in paths],
                                     time_budget_s=BATCH_TIME_BUDGET_S)
         finally:
-            for path in paths or ():
-                self.uploads.discard(path)
+            self.uploads.discard_each(paths or ())
         rows = [[r.file, r.pneumonia_probability, batch_decision(r), plain(r.error or r.message) or ""] for r in results]
         csv_path = write_csv(results, Path(tempfile.mkdtemp(dir=UPLOAD_DIR, prefix=CSV_PREFIX)) / "pneumonia_predictions.csv")
         return rows, str(csv_path)

@@ -40,6 +40,9 @@ An ASGI middleware, so it sees every request before Gradio does:
   or whose text holds a lone surrogate (Gradio keeps the session hash in its event statistics, which then fail
   after every later event, for every user), is refused, and so is a `/component_server` call for a component
   the app does not have (`known_component`; Gradio's answer is a 500);
+- a URL, or a host header (`Host`, `X-Forwarded-Host`, `X-Gradio-Server`), longer than `MAX_ADDRESS_CHARS` is
+  refused (414, 431): Gradio builds the request's own address from them, and past httpx's limit a page answers 500
+  with a traceback and a queue join is accepted, then never answered;
 - every response says `X-Content-Type-Options: nosniff` (a served file is never sniffed into HTML or script)
   and sends no referrer;
 - the paths an upload was stored at are reported to `on_uploaded`: identical files share one path, so the app
@@ -69,6 +72,11 @@ NAMED_ROUTE = re.compile(r"/(?P<route>run|api|call|call/v2)/(?P<name>[^/]+)$")  
 RESULTS_ROUTE = re.compile(r"/call/(?:v2/)?[^/]+/(?P<event_id>[^/]+)$")  # the results stream of a /call request
 MAX_JSON_ITEMS = 5000  # values in one JSON request: a batch of 100 files is about 800
 MAX_SESSION_HASH = 128  # characters; Gradio's own are 11
+# Gradio builds each request's own address (httpx.URL, which refuses one over 65,536 characters) from the URL, or from
+# these headers where a proxy sent them: past that a page route answers 500 with a traceback, and a queue join is
+# accepted and then never answered. Common servers refuse a request line over 8 KiB.
+MAX_ADDRESS_CHARS = 8192
+ADDRESS_HEADERS = (b"host", b"x-forwarded-host", b"x-gradio-server")
 MAX_PART_HEADER_BYTES = 16 * 2**10  # one part's header block in an upload; a browser's is about 150 bytes
 NOT_TEXT = "The request is not text in UTF-8 (nor JSON in UTF-16 or 32), or holds a character that is not Unicode."
 UPLOAD_FIRST = "upload the file first and send the reference the upload returns (gradio_client's handle_file does both)."
@@ -190,6 +198,15 @@ class BodyLimits:
             self.in_headers, position = True, after
 
 
+def _address_problem(scope: Scope) -> tuple[int, str] | None:
+    """A URL (path and query) or an address header longer than Gradio can turn into the request's address."""
+    if len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b"")) > MAX_ADDRESS_CHARS:
+        return 414, f"The URL is too long: at most {MAX_ADDRESS_CHARS} characters."
+    if any(name in ADDRESS_HEADERS and len(value) > MAX_ADDRESS_CHARS for name, value in scope.get("headers", ())):
+        return 431, f"A host header is too long: at most {MAX_ADDRESS_CHARS} characters."
+    return None
+
+
 class UploadQuota:
     """The bytes each client uploaded in the last `window_s` (as long as an upload nobody asks about stays on disk):
     a new upload that would take a client past `max_bytes` is refused. An upload counts at its declared size while
@@ -286,6 +303,9 @@ class HttpGuard:
             started = started or message["type"] == "http.response.start"
             await send_with_headers(message)
 
+        if problem := _address_problem(scope):
+            await PlainTextResponse(problem[1], status_code=problem[0])(scope, receive, send_with_headers)
+            return
         path = scope["path"].rstrip("/")
         if _relay_or_unused(path) or (scope["method"] == "POST" and path.endswith(CLOSED_ROUTES)):
             await PlainTextResponse("Not Found", status_code=404)(scope, receive, send_with_headers)

@@ -266,6 +266,60 @@ def test_the_same_bytes_under_two_names_each_get_their_answer(url, tmp_path):
     assert not Path(second).parent.exists()
 
 
+def answer_batch(url: str, stored_paths: list[str]) -> list:
+    """One /predict_batch request naming these stored paths (as they are, repeats included): its table's rows."""
+    import uuid
+
+    session = uuid.uuid4().hex
+    httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
+        "data": [[{"path": path, "meta": {"_type": "gradio.FileData"}} for path in stored_paths]],
+        "fn_index": BrowserProtocol(url).endpoints["predict_batch"], "session_hash": session}).raise_for_status()
+    with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=120) as stream:
+        for line in stream.iter_lines():
+            message = json.loads(line[5:]) if line.startswith("data:") else {}
+            if message.get("msg") == "process_completed":
+                assert message.get("success"), message
+                return message["output"]["data"][0]["data"]
+    raise AssertionError("the event stream ended without a result")
+
+
+def test_a_batch_naming_one_upload_twice_does_not_delete_another_client_s_copy_still_waiting(url, tmp_path):
+    """Identical bytes share one stored path: a request that names it twice counts as one answer, not two."""
+    data = png_bytes(tmp_path, "shared.png", seed=23)  # bytes no other test sends
+    (waiting,) = upload(url, [("shared.png", data)]).json()  # someone's upload, not yet asked about
+    (mine,) = upload(url, [("shared.png", data)]).json()
+    assert mine == waiting
+    assert len(answer_batch(url, [mine, mine, str(Path(mine).parent / "." / Path(mine).name)])) == 3
+    assert Path(waiting).is_file()
+    assert answer(url, waiting)["decision"] in ("NORMAL", "PNEUMONIA")
+    assert not Path(waiting).exists()
+
+
+@pytest.mark.parametrize("where", ["path", "query", "x-forwarded-host", "x-gradio-server", "join"])
+def test_an_overlong_url_or_host_header_is_refused_not_a_traceback_or_a_join_never_answered(url, where, capfd):
+    """Gradio builds the request's own address from these (httpx refuses one over 65,536 characters): a page
+    answered 500 with a traceback, and a queue join was accepted and then never answered."""
+    from http_guard import MAX_ADDRESS_CHARS
+
+    from http.client import HTTPConnection
+    from urllib.parse import urlsplit
+
+    long = "a" * 66_000  # httpx itself refuses such a URL: the request goes by the standard library
+    address = urlsplit(url)
+    connection = HTTPConnection(address.hostname, address.port, timeout=30)
+    if where == "join":
+        connection.request("POST", f"/gradio_api/queue/join?q={long}", body=json.dumps({"data": [None], "fn_index": 0}),
+                           headers={"content-type": "application/json"})
+    else:
+        target = f"/{long}" if where == "path" else f"/config?q={long}" if where == "query" else "/config"
+        connection.request("GET", target, headers={where: long} if where.startswith("x-") else {})
+    response = connection.getresponse()
+    assert response.status == (431 if where.startswith("x-") else 414)
+    assert str(MAX_ADDRESS_CHARS) in response.read().decode() and "Traceback" not in capfd.readouterr().err
+    connection.close()
+    assert httpx.get(f"{url}config", params={"q": "a" * 1000}, timeout=30).status_code == 200
+
+
 def test_a_folder_sent_as_the_file_gets_a_readable_error(url, tmp_path):
     (stored,) = upload(url, [("folder-probe.png", png_bytes(tmp_path, "folder-probe.png"))]).json()
     with pytest.raises(RuntimeError) as failure:
@@ -554,7 +608,7 @@ def test_an_event_stream_for_a_session_without_events_and_overlong_ids_are_refus
     assert stream.status_code == 404 and "join the queue first" in stream.text
     for route, key in (("queue/data", "session_hash"), ("upload_progress", "upload_id"), ("upload", "upload_id")):
         method = httpx.post if route == "upload" else httpx.get
-        response = method(f"{url}gradio_api/{route}", params={key: "x" * 14_000}, timeout=30)
+        response = method(f"{url}gradio_api/{route}", params={key: "x" * 4_000}, timeout=30)
         assert response.status_code == 400 and f"The {key} is too long" in response.text
     assert "Traceback" not in capfd.readouterr().err
 
