@@ -204,7 +204,11 @@ class UploadFolder:
         now = time.time()
         with self.lock:
             waiting = set(self.waiting)
-        for file in self.root.rglob("*"):
+        try:
+            files = list(self.root.rglob("*"))  # listed first: the walk must not enter a folder removed below
+        except OSError:  # a folder removed by an answer while it was listed: the next purge sees the rest
+            return
+        for file in files:
             try:
                 key = str(file.resolve())
                 max_age = (waiting_max_age_s if key in waiting else csv_max_age_s if self.is_batch_csv(file)
@@ -213,11 +217,20 @@ class UploadFolder:
                     file.unlink()
                     with self.lock:
                         self.waiting.pop(key, None)  # an upload nobody asked about
+                    if file.parent != self.root:
+                        file.parent.rmdir()  # the folder it was the last file of (only an empty one goes)
             except OSError:
                 continue
-        for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        # Other empty folders only once old: Gradio makes a folder first and writes the file into it a moment later,
+        # and removing it in between cost that request its answer (a FileNotFoundError).
+        try:
+            folders = sorted((p for p in self.root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+        except OSError:
+            return
+        for folder in folders:
             try:
-                folder.rmdir()  # only empty ones
+                if folder.stat().st_mtime < now - max_age_s:
+                    folder.rmdir()  # only empty ones
             except OSError:
                 continue
 

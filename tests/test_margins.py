@@ -99,7 +99,7 @@ def test_teachers_see_the_film_before_its_margins_are_swapped_or_unaugmented_if_
     processor = AutoImageProcessor.from_pretrained(trained_model)
     teachers = load_teachers([str(trained_model)], onnx=False)
     side = teachers.largest_side
-    images = [synthetic_xray(label, 40 + label, size=side) for label in (0, 1, 1, 0)]
+    images = [synthetic_xray(label, 40 + i, size=side) for i, label in enumerate((0, 1, 1, 0))]  # four different films
     cells = []
     for image in images:
         buffer = io.BytesIO()

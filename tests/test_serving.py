@@ -115,6 +115,20 @@ def test_unanswered_uploads_and_old_outputs_are_purged_but_examples_stay(tmp_pat
     assert not named_like_an_example.exists() and not unasked.exists()
 
 
+def test_the_purge_leaves_a_folder_just_made_for_a_file_about_to_be_written(tmp_path):
+    """Gradio makes an upload's or an output's folder, then writes the file into it: a purge in between must not
+    remove the folder (the request then failed with a bare "Error"). Empty folders go once old."""
+    folder = app.UploadFolder(str(tmp_path))
+    just_made, long_empty = tmp_path / "fresh-hash", tmp_path / "old-hash"
+    just_made.mkdir()
+    long_empty.mkdir()
+    os.utime(long_empty, (time.time() - 120, time.time() - 120))
+    folder.purge(max_age_s=60)
+    assert just_made.is_dir() and not long_empty.exists()
+    (just_made / "image.jpeg").write_bytes(b"the file Gradio was writing")
+    assert (just_made / "image.jpeg").is_file()
+
+
 def test_a_batch_csv_outlives_the_other_outputs_for_its_own_lifetime(tmp_path):
     """A person reads the table before downloading the CSV: it stays its own lifetime, and only a CSV the app
     wrote (in a folder of its prefix) does."""
