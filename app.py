@@ -43,6 +43,7 @@ from starlette.requests import Request  # noqa: E402
 from chestxray import ImageReadError, ModelLoadError, PneumoniaClassifier  # noqa: E402
 from chestxray.batch import expand_paths, predict_files, read_split_list, write_csv  # noqa: E402
 from chestxray.explain import COLORMAP_ANCHORS, EVIDENCE_FLOOR, display_image, evidence, grad_cam, overlay  # noqa: E402
+from chestxray.ood import OUTSIDE_POPULATION  # noqa: E402
 from admission import BatchAdmission, ClientAdmission, client_address, waiting_events  # noqa: E402
 from http_guard import HttpGuard, UploadQuota  # noqa: E402
 
@@ -251,6 +252,25 @@ def remove_stale_folders(temp_root: str = tempfile.gettempdir()) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+API_EXAMPLE_FILE = "chest_xray.jpeg"
+
+
+class XrayFile(gr.File):
+    """`gr.File` whose example on the "Use via API" page is a local X-ray, `handle_file("chest_xray.jpeg")`: Gradio's
+    own is the URL of a PDF, which this app refuses (it never downloads URLs), so the page's snippet could not run."""
+
+    is_template = True  # Gradio's mark for a preset of a component: the page and the API see a plain `file`
+
+    def example_payload(self):
+        # `url` is what the page writes inside handle_file(...); a client's handle_file sends the local file itself
+        payload = {"path": API_EXAMPLE_FILE, "url": API_EXAMPLE_FILE, "orig_name": API_EXAMPLE_FILE,
+                   "meta": {"_type": "gradio.FileData"}}
+        return payload if self.file_count == "single" else [payload]
+
+    def example_value(self):
+        return API_EXAMPLE_FILE if self.file_count == "single" else [API_EXAMPLE_FILE]
+
+
 def refused(prediction) -> bool:
     """The gate decided this is not a frontal chest X-ray: no decision, no probability."""
     return prediction.decision is None
@@ -278,9 +298,13 @@ def decision_markdown(prediction) -> str:
         return f"### No decision: this does not look like a frontal chest X-ray\n\n{note or ''}"
     probability, threshold = prediction.pneumonia_probability, prediction.threshold
     side = "at or above" if prediction.decision == "PNEUMONIA" else "below"
+    if prediction.gate == OUTSIDE_POPULATION:  # an adult: the answer stands, but nothing vouches for it
+        headline, label = f"{prediction.decision} (not validated for this patient)", "Probability of pneumonia, as calibrated on children's X-rays"
+    else:
+        headline, label = prediction.decision, "Calibrated probability of pneumonia"
     text = (
-        f"### Decision: **{prediction.decision}**\n\n"
-        f"Calibrated probability of pneumonia: **{shown_percent(probability)}**, {side} the model's operating threshold of "
+        f"### Decision: **{headline}**\n\n"
+        f"{label}: **{shown_percent(probability)}**, {side} the model's operating threshold of "
         f"**{threshold:.1%}**, which was chosen on held-out validation X-rays."
     )
     if note:
@@ -307,7 +331,7 @@ def heatmap_legend_html() -> str:
         '<div id="heatmap-legend" style="font-size:0.85em">'
         f'<div style="height:12px;border-radius:3px;background:linear-gradient(to right, {stops})"></div>'
         '<div style="display:flex;justify-content:space-between">'
-        f"<span>weak (below {EVIDENCE_FLOOR:.0%}: not shown)</span><span>strong evidence for PNEUMONIA</span></div>"
+        f"<span>weak (under {EVIDENCE_FLOOR:.0%} of the scale: left uncoloured)</span><span>strong evidence for PNEUMONIA</span></div>"
         f"<p>{html.escape(HEATMAP_CAPTION)}</p></div>"
     )
 
@@ -451,7 +475,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             with gr.Row(equal_height=True):
                 with gr.Column(elem_id="upload-column"):
                     # No file_types filter: DICOM often has no extension; the reader explains anything it cannot use.
-                    upload = gr.File(label="Chest X-ray (PNG, JPEG, TIFF, BMP, WebP or DICOM)", type="filepath", elem_id="xray-upload")
+                    upload = XrayFile(label="Chest X-ray (PNG, JPEG, TIFF, BMP, WebP or DICOM)", type="filepath", elem_id="xray-upload")
                     gr.Markdown("Upload a frontal chest X-ray of a child, the whole film as exported rather than a crop of it "
                                 "(a tighter framing makes a false PNEUMONIA more likely): the answer appears as soon as the file arrives.",
                                 elem_id="upload-hint")
@@ -486,7 +510,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
                                   validator=handlers.admit_single, concurrency_id=SINGLE_XRAY,
                                   api_description=ANALYSE_DESCRIPTION)
         with gr.Tab("Batch"):
-            batch_upload = gr.File(label=f"Up to {MAX_BATCH_FILES} X-rays", file_count="multiple", type="filepath",
+            batch_upload = XrayFile(label=f"Up to {MAX_BATCH_FILES} X-rays", file_count="multiple", type="filepath",
                                    elem_id="batch-upload")
             batch_button = gr.Button("Analyse all", variant="primary", elem_id="analyse-all")
             table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False, wrap=True,

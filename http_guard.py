@@ -257,6 +257,9 @@ def _values_problem(inputs: Sequence, values: list) -> tuple[int, str] | None:
         try:
             data_model.model_validate(value, context={"validate_meta": True})  # as Gradio validates it
         except Exception:  # noqa: BLE001 - pydantic's ValueError, or Gradio's own check failing on odd shapes
+            if getattr(component, "file_count", "single") != "single" and isinstance(value, dict):
+                return 422, (f"Value {position} is a list of files, and the request sent one file: send it as a list, "
+                             "[handle_file(path)], or [handle_file(a), handle_file(b)] for several.")
             return 422, f"Value {position} is not what this endpoint takes: {UPLOAD_FIRST}"
     return None
 

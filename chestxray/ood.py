@@ -56,10 +56,10 @@ MESSAGES = {
     "document": "This looks like a document or a screenshot, not an X-ray: please upload the X-ray image file itself.",
     "noise": f"This image looks like noise, without the smooth structure of an X-ray: {UPLOAD_INSTEAD}.",
     "unlike_training_xrays": f"This does not look like the frontal chest X-rays the model was trained on: {UPLOAD_INSTEAD}.",
-    "adult": "This looks like an adult's chest X-ray, and the model was validated on children aged 1 to 5 only: "
-             "treat the result with extra caution.",
+    "adult": "This looks like an adult's chest X-ray. The model was validated on children aged 1 to 5 only and is "
+             "not reliable for adults (on adult films it calls most normal ones PNEUMONIA): do not rely on this result.",
     "outside_validated_age": "The model was validated on children aged 1 to 5 only and this patient is outside that "
-                             "range: treat the result with extra caution.",
+                             "range: the result may be wrong, do not rely on it.",
 }
 
 # DICOM coded facts (chestxray.dicom.dicom_facts). The reader already refuses non-radiograph modalities; the gate

@@ -677,6 +677,29 @@ def test_a_refused_join_reaches_a_gradio_client_user_as_a_readable_validation_er
     assert refused.json() == {"detail": "Unknown endpoint (fn_index)."}  # other refusals: FastAPI's own shape
 
 
+def test_the_api_page_s_examples_are_a_local_x_ray_not_a_url_the_app_refuses(url):
+    """The "Use via API" page writes each parameter's example inside handle_file(...): Gradio's own is a PDF's URL."""
+    info = httpx.get(f"{url}gradio_api/info", timeout=30).json()["named_endpoints"]
+    examples = {name: [p["example_input"] for p in endpoint["parameters"]] for name, endpoint in info.items()}
+    assert examples["/predict"][0]["url"] == app.API_EXAMPLE_FILE and examples["/predict_batch"][0][0]["url"] == app.API_EXAMPLE_FILE
+    assert "http" not in json.dumps(examples)
+    config = httpx.get(f"{url}config", timeout=30).json()
+    upload = next(c for c in config["components"] if c["props"].get("elem_id") == "xray-upload")
+    assert (upload["type"], upload["props"]["name"]) == ("file", "file")  # still Gradio's own file component
+
+
+def test_one_file_sent_to_the_batch_endpoint_is_told_to_send_a_list(app_client, tmp_path):
+    """The developer did use handle_file: the message says what is wrong (one file where a list belongs)."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import ValidationError
+
+    synthetic_xray(1, 5, size=64).save(tmp_path / "one-film.png")
+    with pytest.raises(ValidationError, match=r"is a list of files, and the request sent one file: send it as a list"):
+        app_client.predict(handle_file(tmp_path / "one-film.png"), api_name="/predict_batch")
+    rows = app_client.predict([handle_file(tmp_path / "one-film.png")], api_name="/predict_batch")[0]["data"]
+    assert [row[0] for row in rows] == ["one-film.png"]
+
+
 @pytest.mark.parametrize("body, status, expected", [
     ({"data": [1], "fn_index": 0, "session_hash": "x"}, 200, None),  # what the page sends for the second example
     ({"data": [None], "fn_index": 0, "session_hash": "x"}, 422, "There is no example null"),
