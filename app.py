@@ -20,7 +20,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 
 # Every upload and every output file lives in this private folder: each upload is deleted as soon as it is
@@ -136,20 +135,28 @@ def _upload_name(path: str) -> str:
 EXAMPLES_PREFIX = "examples-"
 
 
+LOCAL_CLIENT = "unknown"  # what admission.client_address calls a request it cannot place
+
+
 class UploadFolder:
     """The private folder uploads and outputs live in, and the rules that keep it empty."""
 
     def __init__(self, root: str) -> None:
         self.root = Path(root).resolve()
         self.protected: set[str] = set()  # Gradio's cached copies of the examples
-        # Identical files are stored at one path: how many uploads of each are still waiting for their answer.
-        self.waiting: Counter[str] = Counter()
+        # Identical files are stored at one path: how many uploads of each, by each client, still wait for an answer.
+        self.waiting: Counter[tuple[str, str]] = Counter()
         self.lock = threading.Lock()
 
-    def register(self, paths: list[str]) -> None:
-        """Called for every stored upload (by the HTTP guard), before any request can use it."""
+    def register(self, paths: list[str], client: str = LOCAL_CLIENT) -> None:
+        """Called for every stored upload (by the HTTP guard, with the client that sent it), before any request can
+        use it."""
         with self.lock:
-            self.waiting.update(str(Path(path).resolve()) for path in paths)
+            self.waiting.update((client, str(Path(path).resolve())) for path in paths)
+
+    def waiting_files(self) -> set[str]:
+        with self.lock:
+            return {file for _, file in self.waiting}
 
     def is_example(self, file: Path) -> bool:
         """Gradio's cached copies, and the app's own examples folder (a child of the root: an upload's name may
@@ -169,20 +176,25 @@ class UploadFolder:
         except (OSError, ValueError):  # a NUL byte, a name too long
             return False
 
-    def discard(self, path: str | None) -> None:
+    def discard(self, path: str | None, client: str = LOCAL_CLIENT) -> None:
         """Delete an answered upload (and its folder once empty), unless it is an example or another upload of the
         same file is still waiting for its answer. Gradio names a folder by the file's content, so identical bytes
-        sent under two names share it: the other name's file stays until its own answer."""
+        sent under two names, or by two people, share it: the other's file stays until its own answer. An answer
+        counts down only its own client's uploads: another client that names the path (it needs the very bytes) or
+        names it twice in one batch cannot delete someone's upload that still waits."""
         if not path:
             return
         file = Path(path).resolve()
         if self.root not in file.parents or self.is_example(file):
             return
+        key = (client, str(file))
         with self.lock:
-            self.waiting[str(file)] -= 1
-            if self.waiting[str(file)] > 0:
+            if self.waiting[key] > 0:
+                self.waiting[key] -= 1
+            if self.waiting[key] <= 0:
+                del self.waiting[key]
+            if any(waiting == str(file) for _, waiting in self.waiting):
                 return
-            del self.waiting[str(file)]
         try:
             file.unlink(missing_ok=True)
             if file.parent != self.root:
@@ -190,25 +202,13 @@ class UploadFolder:
         except OSError:  # a folder sent as the file, or a folder another upload still uses
             pass
 
-    def discard_each(self, paths: Iterable[str]) -> None:
-        """`discard` once per file a request was sent with, however often and however spelt it names it: a batch
-        that names one stored path twice must not count down (and so delete) another client's upload of the same
-        bytes, still waiting for its answer."""
-        files: dict[str, str] = {}
-        for path in paths:
-            if self.holds(path):
-                files.setdefault(str(Path(path).resolve()), path)
-        for path in files.values():
-            self.discard(path)
-
     def purge(self, max_age_s: float, waiting_max_age_s: float = WAITING_UPLOAD_LIFETIME_S,
               csv_max_age_s: float = CSV_LIFETIME_S) -> None:
         """Delete files older than `max_age_s` (outputs, spool files of refused requests), batch CSVs older than
         `csv_max_age_s`, and uploads still waiting for their answer once older than `waiting_max_age_s` (never
         asked about, or the queue gave up)."""
         now = time.time()
-        with self.lock:
-            waiting = set(self.waiting)
+        waiting = self.waiting_files()
         try:
             files = list(self.root.rglob("*"))  # listed first: the walk must not enter a folder removed below
         except OSError:  # a folder removed by an answer while it was listed: the next purge sees the rest
@@ -220,8 +220,9 @@ class UploadFolder:
                            else max_age_s)
                 if file.is_file() and not self.is_example(file) and file.stat().st_mtime < now - max_age:
                     file.unlink()
-                    with self.lock:
-                        self.waiting.pop(key, None)  # an upload nobody asked about
+                    with self.lock:  # an upload nobody asked about
+                        for entry in [entry for entry in self.waiting if entry[1] == key]:
+                            del self.waiting[entry]
                     if file.parent != self.root:
                         file.parent.rmdir()  # the folder it was the last file of (only an empty one goes)
             except OSError:
@@ -259,20 +260,15 @@ def remove_stale_folders(temp_root: str = tempfile.gettempdir()) -> None:
 API_EXAMPLE_FILE = "chest_xray.jpeg"
 
 
-class XrayFile(gr.File):
-    """`gr.File` whose example on the "Use via API" page is a local X-ray, `handle_file("chest_xray.jpeg")`: Gradio's
-    own is the URL of a PDF, which this app refuses (it never downloads URLs), so the page's snippet could not run."""
-
-    is_template = True  # Gradio's mark for a preset of a component: the page and the API see a plain `file`
-
-    def example_payload(self):
-        # `url` is what the page writes inside handle_file(...); a client's handle_file sends the local file itself
-        payload = {"path": API_EXAMPLE_FILE, "url": API_EXAMPLE_FILE, "orig_name": API_EXAMPLE_FILE,
-                   "meta": {"_type": "gradio.FileData"}}
-        return payload if self.file_count == "single" else [payload]
-
-    def example_value(self):
-        return API_EXAMPLE_FILE if self.file_count == "single" else [API_EXAMPLE_FILE]
+def with_local_api_example(upload: gr.File) -> gr.File:
+    """The "Use via API" page writes each file parameter's example as handle_file(...) of its `url`: Gradio's own is a
+    PDF's URL, which this app refuses (it never downloads URLs), so the page's snippet could not run. Set on the
+    instance: a subclass of a component makes Gradio write a type stub (`app.pyi`) beside this file at each import."""
+    payload = {"path": API_EXAMPLE_FILE, "url": API_EXAMPLE_FILE, "orig_name": API_EXAMPLE_FILE, "meta": {"_type": "gradio.FileData"}}
+    single = upload.file_count == "single"
+    upload.example_payload = lambda: payload if single else [payload]
+    upload.example_value = lambda: API_EXAMPLE_FILE if single else [API_EXAMPLE_FILE]
+    return upload
 
 
 def refused(prediction) -> bool:
@@ -349,13 +345,13 @@ class Handlers:
         self.batches, self.clients = BatchAdmission(), ClientAdmission()
         self.demo: gr.Blocks | None = None
 
-    def read_upload(self, path: str | None) -> Image.Image:
+    def read_upload(self, path: str | None, request: gr.Request | None) -> Image.Image:
         if not path:
             raise ImageReadError("Upload a chest X-ray first (PNG, JPEG, TIFF, BMP, WebP or DICOM).")
         try:
             return self.classifier.read(path, name=_upload_name(path))
         finally:
-            self.uploads.discard(path)  # the decoded image is all that is needed: the file goes now
+            self.uploads.discard(path, client_address(request))  # the decoded image is all that is needed: it goes now
 
     def heatmap_for(self, image: Image.Image, prediction, shown: Image.Image | None = None) -> np.ndarray | None:
         """The heatmap over `shown` (the upload as displayed), or None when the gate refused the image."""
@@ -364,19 +360,19 @@ class Handlers:
         shown = shown if shown is not None else display_image(image)
         return overlay(shown, evidence(grad_cam(self.classifier, image), prediction.pneumonia_probability))
 
-    def read_for_api(self, path: str | None) -> Image.Image:
+    def read_for_api(self, path: str | None, request: gr.Request) -> Image.Image:
         try:
-            return self.read_upload(path)
+            return self.read_upload(path, request)
         except ImageReadError as error:
             raise user_error(str(error)) from None
 
     def predict(self, path: str | None, request: gr.Request) -> dict:
         self.clients.started(client_address(request))
-        return prediction_json(self.classifier.predict([self.read_for_api(path)])[0], self.model_name)
+        return prediction_json(self.classifier.predict([self.read_for_api(path, request)])[0], self.model_name)
 
     def analyse(self, path: str | None, request: gr.Request):
         self.clients.started(client_address(request))
-        image = self.read_for_api(path)
+        image = self.read_for_api(path, request)
         prediction = self.classifier.predict([image])[0]
         probabilities = None if refused(prediction) else prediction.probabilities
         return (probabilities, decision_markdown(prediction), self.heatmap_for(image, prediction),
@@ -394,7 +390,7 @@ class Handlers:
         if not path:
             return self.cleared(WAITING_TEXT)
         try:
-            image = self.read_upload(path)
+            image = self.read_upload(path, request)
         except ImageReadError as error:
             return self.cleared(error_markdown(str(error)))
         prediction = self.classifier.predict([image])[0]
@@ -457,7 +453,8 @@ class Handlers:
             results = predict_files(self.classifier, [(_upload_name(p), p) for p in paths],
                                     time_budget_s=BATCH_TIME_BUDGET_S)
         finally:
-            self.uploads.discard_each(paths or ())
+            for path in paths or ():
+                self.uploads.discard(path, client_address(request))
         rows = [[r.file, r.pneumonia_probability, batch_decision(r), plain(r.error or r.message) or ""] for r in results]
         csv_path = write_csv(results, Path(tempfile.mkdtemp(dir=UPLOAD_DIR, prefix=CSV_PREFIX)) / "pneumonia_predictions.csv")
         return rows, str(csv_path)
@@ -479,7 +476,8 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             with gr.Row(equal_height=True):
                 with gr.Column(elem_id="upload-column"):
                     # No file_types filter: DICOM often has no extension; the reader explains anything it cannot use.
-                    upload = XrayFile(label="Chest X-ray (PNG, JPEG, TIFF, BMP, WebP or DICOM)", type="filepath", elem_id="xray-upload")
+                    upload = with_local_api_example(gr.File(label="Chest X-ray (PNG, JPEG, TIFF, BMP, WebP or DICOM)", type="filepath",
+                                                             elem_id="xray-upload"))
                     gr.Markdown("Upload a frontal chest X-ray of a child, the whole film as exported rather than a crop of it "
                                 "(a tighter framing makes a false PNEUMONIA more likely): the answer appears as soon as the file arrives.",
                                 elem_id="upload-hint")
@@ -514,8 +512,8 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
                                   validator=handlers.admit_single, concurrency_id=SINGLE_XRAY,
                                   api_description=ANALYSE_DESCRIPTION)
         with gr.Tab("Batch"):
-            batch_upload = XrayFile(label=f"Up to {MAX_BATCH_FILES} X-rays", file_count="multiple", type="filepath",
-                                   elem_id="batch-upload")
+            batch_upload = with_local_api_example(gr.File(label=f"Up to {MAX_BATCH_FILES} X-rays", file_count="multiple",
+                                                          type="filepath", elem_id="batch-upload"))
             batch_button = gr.Button("Analyse all", variant="primary", elem_id="analyse-all")
             table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False, wrap=True,
                                  column_widths=["28%", "16%", "18%", "38%"],
@@ -541,6 +539,8 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
 def batch_decision(result) -> str:
     if result.error:
         return "not analysed"
+    if result.decision and result.gate == OUTSIDE_POPULATION:
+        return f"{result.decision} (not validated)"  # the note says why; the CSV keeps the plain decision and the gate
     return result.decision or "no decision"
 
 

@@ -45,8 +45,9 @@ An ASGI middleware, so it sees every request before Gradio does:
   with a traceback and a queue join is accepted, then never answered;
 - every response says `X-Content-Type-Options: nosniff` (a served file is never sniffed into HTML or script)
   and sends no referrer;
-- the paths an upload was stored at are reported to `on_uploaded`: identical files share one path, so the app
-  counts them and deletes a file only when the last request that uploaded it has been answered.
+- the paths an upload was stored at are reported to `on_uploaded`, with the client that sent them (`client_of`):
+  identical files share one path, so the app counts them per client and deletes a file only when the last
+  request that uploaded it has been answered.
 """
 
 from __future__ import annotations
@@ -58,11 +59,12 @@ from urllib.parse import parse_qsl
 from typing import Callable, Mapping, Sequence
 
 from gradio.data_classes import PredictBody
-from gradio.route_utils import MultiPartException
+from gradio.route_utils import MultiPartException, get_request_origin
 from gradio_client.utils import construct_args
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -204,6 +206,10 @@ def _address_problem(scope: Scope) -> tuple[int, str] | None:
         return 414, f"The URL is too long: at most {MAX_ADDRESS_CHARS} characters."
     if any(name in ADDRESS_HEADERS and len(value) > MAX_ADDRESS_CHARS for name, value in scope.get("headers", ())):
         return 431, f"A host header is too long: at most {MAX_ADDRESS_CHARS} characters."
+    try:
+        get_request_origin(Request(scope), "")  # what Gradio does with them for every page and every queued event
+    except Exception:  # noqa: BLE001 - httpx.InvalidURL for a bad port or host, or anything else it cannot parse
+        return 400, "The Host or X-Forwarded-Host header is not a valid host[:port]."
     return None
 
 
@@ -266,7 +272,7 @@ def _values_problem(inputs: Sequence, values: list) -> tuple[int, str] | None:
 
 class HttpGuard:
     def __init__(self, app: ASGIApp, max_upload_parts: int = 100, max_upload_bytes: int = 256 * 2**20,
-                 max_request_bytes: int = 2**20, on_uploaded: Callable[[list[str]], None] | None = None,
+                 max_request_bytes: int = 2**20, on_uploaded: Callable[[list[str], str], None] | None = None,
                  endpoint_inputs: Callable[[], Mapping[int, Sequence]] | None = None,
                  api_inputs: Callable[[], Mapping[str, Sequence]] | None = None,
                  file_allowed: Callable[[str], bool] | None = None,
@@ -344,7 +350,8 @@ class HttpGuard:
                                     self.max_upload_bytes if upload else self.max_request_bytes, files_only=upload)
                 receive = self._counted(scope, receive, limits)
                 if self.on_uploaded is not None and upload:
-                    send_tracked = self._reporting_stored_paths(send_tracked)
+                    client = self.client_of(scope) if self.client_of is not None else "unknown"
+                    send_tracked = self._reporting_stored_paths(send_tracked, client)
             elif scope["method"] in ("POST", "PUT", "PATCH"):
                 receive = self._counted(scope, receive, BodyLimits(None, 0, self.max_request_bytes, multipart=False))
                 body = await self._read_body(receive)
@@ -521,8 +528,9 @@ class HttpGuard:
 
         return replay
 
-    def _reporting_stored_paths(self, send: Send) -> Send:
-        """Reads the upload's answer (a small JSON list of stored paths) as it passes, and reports the paths."""
+    def _reporting_stored_paths(self, send: Send, client: str) -> Send:
+        """Reads the upload's answer (a small JSON list of stored paths) as it passes, and reports the paths and
+        the client that sent them."""
         status, body = 0, bytearray()
 
         async def reporting(message: Message) -> None:
@@ -537,7 +545,7 @@ class HttpGuard:
                     except ValueError:
                         paths = None
                     if isinstance(paths, list):
-                        self.on_uploaded([path for path in paths if isinstance(path, str)])
+                        self.on_uploaded([path for path in paths if isinstance(path, str)], client)
             await send(message)
 
         return reporting

@@ -249,7 +249,7 @@ class PneumoniaClassifier:
 
     def calibrated_probabilities(self, logits: torch.Tensor) -> np.ndarray:
         """P(PNEUMONIA) = softmax of the calibrated logits, as fitted on validation."""
-        scaled = calibrated_logits(logits.detach().cpu().numpy(), self.temperature, self.bias, self.positive_index)
+        scaled = calibrated_logits(logits.detach().double().cpu().numpy(), self.temperature, self.bias, self.positive_index)
         return torch.softmax(torch.from_numpy(scaled), dim=-1)[:, self.positive_index].numpy()
 
     def logits_and_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,7 +57,7 @@ MESSAGES = {
     "noise": f"This image looks like noise, without the smooth structure of an X-ray: {UPLOAD_INSTEAD}.",
     "unlike_training_xrays": f"This does not look like the frontal chest X-rays the model was trained on: {UPLOAD_INSTEAD}.",
     "adult": "This looks like an adult's chest X-ray. The model was validated on children aged 1 to 5 only and is "
-             "not reliable for adults (on adult films it calls most normal ones PNEUMONIA): do not rely on this result.",
+             "not reliable for adults: do not rely on this result.",
     "outside_validated_age": "The model was validated on children aged 1 to 5 only and this patient is outside that "
                              "range: the result may be wrong, do not rely on it.",
 }

@@ -176,3 +176,20 @@ def test_missing_model_is_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "neither a model folder nor a Hub repo id" in result.stderr
+
+
+def test_an_adult_s_answer_is_marked_not_validated_on_the_page_and_in_the_batch_table():
+    """The decision stands (issue 12), but nothing vouches for it: the headline and the table say so, the CSV keeps
+    the plain decision beside its gate."""
+    from types import SimpleNamespace
+
+    from chestxray.batch import FileResult
+    from chestxray.ood import FRONTAL_CHEST, MESSAGES, OUTSIDE_POPULATION
+
+    adult = FileResult("adult.png", 0.97, "PNEUMONIA", 0.5, OUTSIDE_POPULATION, "adult", MESSAGES["adult"])
+    assert app.batch_decision(adult) == "PNEUMONIA (not validated)"
+    assert app.batch_decision(FileResult("child.png", 0.1, "NORMAL", 0.5, FRONTAL_CHEST)) == "NORMAL"
+    page = app.decision_markdown(SimpleNamespace(decision="PNEUMONIA", pneumonia_probability=0.97, threshold=0.5,
+                                                 gate=OUTSIDE_POPULATION, message=MESSAGES["adult"]))
+    assert "PNEUMONIA (not validated for this patient)" in page and "do not rely on this result" in page
+    assert "calibrated on children's X-rays" in page

@@ -280,15 +280,16 @@ def test_the_same_bytes_under_two_names_each_get_their_answer(url, tmp_path):
     assert not Path(second).parent.exists()
 
 
-def answer_batch(url: str, stored_paths: list[str]) -> list:
+def answer_batch(url: str, stored_paths: list[str], headers: dict | None = None) -> list:
     """One /predict_batch request naming these stored paths (as they are, repeats included): its table's rows."""
     import uuid
 
     session = uuid.uuid4().hex
-    httpx.post(f"{url}gradio_api/queue/join", timeout=30, json={
+    httpx.post(f"{url}gradio_api/queue/join", timeout=30, headers=headers, json={
         "data": [[{"path": path, "meta": {"_type": "gradio.FileData"}} for path in stored_paths]],
         "fn_index": BrowserProtocol(url).endpoints["predict_batch"], "session_hash": session}).raise_for_status()
-    with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=120) as stream:
+    with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}, timeout=120,
+                      headers=headers) as stream:
         for line in stream.iter_lines():
             message = json.loads(line[5:]) if line.startswith("data:") else {}
             if message.get("msg") == "process_completed":
@@ -297,15 +298,43 @@ def answer_batch(url: str, stored_paths: list[str]) -> list:
     raise AssertionError("the event stream ended without a result")
 
 
-def test_a_batch_naming_one_upload_twice_does_not_delete_another_client_s_copy_still_waiting(url, tmp_path):
-    """Identical bytes share one stored path: a request that names it twice counts as one answer, not two."""
+def test_an_upload_is_counted_down_only_by_answers_to_the_client_that_sent_it(tmp_path):
+    folder = app.UploadFolder(str(tmp_path))
+    film = tmp_path / "hash" / "film.png"
+    film.parent.mkdir()
+    film.write_bytes(b"data")
+    folder.register([str(film)], "alice")
+    folder.register([str(film)], "bob")
+    for _ in range(3):  # bob names it again and again: only his own upload is counted down
+        folder.discard(str(film), "bob")
+    folder.discard(str(film), "mallory")  # never sent it
+    assert film.is_file()
+    folder.discard(str(film), "alice")
+    assert not film.exists() and not film.parent.exists()
+    twice = tmp_path / "hash2" / "film.png"  # one client uploading the same file twice, then naming it twice
+    twice.parent.mkdir()
+    twice.write_bytes(b"data")
+    folder.register([str(twice), str(twice)], "carol")
+    folder.discard(str(twice), "carol")
+    assert twice.is_file()
+    folder.discard(str(twice), "carol")
+    assert not twice.exists()
+
+
+def test_on_a_space_another_client_naming_an_upload_twice_cannot_delete_it(space_url, tmp_path, monkeypatch):
+    """Identical bytes share one stored path: a second client's batch that names it twice answers that client and
+    leaves the first client's upload, still waiting, where it is."""
+    url, _ = space_url
+    monkeypatch.setenv("SPACE_ID", "user/pneumonia-xray")  # the client is the proxy's last X-Forwarded-For entry
+    alice, bob = ({"x-forwarded-for": f"198.51.100.77, {address}"} for address in ("203.0.113.5", "203.0.113.6"))
     data = png_bytes(tmp_path, "shared.png", seed=23)  # bytes no other test sends
-    (waiting,) = upload(url, [("shared.png", data)]).json()  # someone's upload, not yet asked about
-    (mine,) = upload(url, [("shared.png", data)]).json()
+    files = [("files", ("shared.png", data))]
+    (waiting,) = httpx.post(f"{url}gradio_api/upload", files=files, headers=alice, timeout=30).json()
+    (mine,) = httpx.post(f"{url}gradio_api/upload", files=files, headers=bob, timeout=30).json()
     assert mine == waiting
-    assert len(answer_batch(url, [mine, mine, str(Path(mine).parent / "." / Path(mine).name)])) == 3
+    assert len(answer_batch(url, [mine, mine, str(Path(mine).parent / "." / Path(mine).name)], bob)) == 3
     assert Path(waiting).is_file()
-    assert answer(url, waiting)["decision"] in ("NORMAL", "PNEUMONIA")
+    assert len(answer_batch(url, [waiting], alice)) == 1
     assert not Path(waiting).exists()
 
 
@@ -331,6 +360,16 @@ def test_an_overlong_url_or_host_header_is_refused_not_a_traceback_or_a_join_nev
     assert response.status == (431 if where.startswith("x-") else 414)
     assert str(MAX_ADDRESS_CHARS) in response.read().decode() and "Traceback" not in capfd.readouterr().err
     connection.close()
+    assert httpx.get(f"{url}config", params={"q": "a" * 1000}, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("header", ["x-forwarded-host"])  # Starlette already replaces a Host header it cannot parse
+def test_a_host_header_gradio_cannot_parse_is_refused_not_a_traceback_or_a_join_never_answered(url, header, capfd):
+    """A short but malformed forwarded host (a port that is no number) failed Gradio the same way as an overlong one."""
+    response = httpx.get(f"{url}config", headers={header: "a:xyz"}, timeout=30)
+    assert response.status_code == 400 and "not a valid host" in response.text
+    joined = httpx.post(f"{url}gradio_api/queue/join", headers={header: "a:xyz"}, json={"data": [None], "fn_index": 0}, timeout=30)
+    assert joined.status_code == 400 and "Traceback" not in capfd.readouterr().err
     assert httpx.get(f"{url}config", params={"q": "a" * 1000}, timeout=30).status_code == 200
 
 
