@@ -57,7 +57,8 @@ DISCLAIMER = (
 SHORT_DISCLAIMER = "Decision support for research and education; not a medical device."
 ERROR_TITLE = "Cannot analyse this file"
 WAITING_TEXT = "*The answer for your X-ray appears here.*"
-MAX_FILE_SIZE = "25mb"
+MAX_FILE_SIZE_MB = 25
+MAX_FILE_SIZE = f"{MAX_FILE_SIZE_MB}mb"
 MAX_BATCH_FILES = 100
 BATCH_HEADERS = ["file", "P(pneumonia)", "decision", "note"]
 BATCH_TIME_BUDGET_S = 60  # one batch holds the batch worker at most about this long
@@ -104,6 +105,14 @@ PAGE_CSS = """
 # backgrounds, below the 4.5:1 that WCAG asks of text.
 PAGE_THEME = gr.themes.Soft().set(block_label_text_color="*primary_800", block_title_text_color="*primary_800",
                                   body_text_color_subdued="*neutral_600")
+# In the browser, when the batch's list of files changes: the old table goes, and a list longer than a batch takes
+# is said at once (the request would be refused when the button is pressed).
+BATCH_LIST_JS = (
+    f"(files) => {{ const count = (files || []).length, headers = {json.dumps(BATCH_HEADERS)}; "
+    f"const data = count > {MAX_BATCH_FILES} ? [['', null, 'too many', count + ' files in the list: a batch takes at most "
+    f"{MAX_BATCH_FILES}. Remove some (x beside each), or split them into several batches.']] : []; "
+    "return [{headers: headers, data: data}, null]; }"
+)
 # Screen readers hear the answer when it arrives.
 PAGE_JS = "() => { document.getElementById('decision')?.setAttribute('aria-live', 'polite'); }"
 
@@ -336,6 +345,32 @@ def heatmap_legend_html() -> str:
     )
 
 
+class RecentAnswers:
+    """Which uploads each page was answered about in the last minute (names only, no pixels). Gradio can run the
+    page's change event a second time for the same file (the trigger mode runs the current value again after a run
+    in flight): by then that file is answered and deleted, and the second run replaced the right answer with "does
+    not exist". It now leaves the answer on screen."""
+
+    def __init__(self, lifetime_s: float = 60.0, max_entries: int = 4096) -> None:
+        self.lifetime_s, self.max_entries = lifetime_s, max_entries
+        self.entries: dict[tuple[str | None, str], float] = {}
+        self.lock = threading.Lock()
+
+    def add(self, session: str | None, path: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.entries.pop((session, path), None)
+            self.entries[(session, path)] = now
+            while self.entries and (len(self.entries) > self.max_entries
+                                    or next(iter(self.entries.values())) < now - self.lifetime_s):
+                del self.entries[next(iter(self.entries))]  # the oldest first: the dict keeps insertion order
+
+    def holds(self, session: str | None, path: str) -> bool:
+        with self.lock:
+            added = self.entries.get((session, path))
+        return added is not None and added >= time.monotonic() - self.lifetime_s
+
+
 class Handlers:
     """What the page and the API run around one loaded classifier. Each upload is read once and deleted, and
     each request passes the queue's admission first (admission.py); `demo` is set once the page is built."""
@@ -343,6 +378,7 @@ class Handlers:
     def __init__(self, classifier: PneumoniaClassifier, model_name: str, uploads: UploadFolder) -> None:
         self.classifier, self.model_name, self.uploads = classifier, model_name, uploads
         self.batches, self.clients = BatchAdmission(), ClientAdmission()
+        self.answered = RecentAnswers()
         self.demo: gr.Blocks | None = None
 
     def read_upload(self, path: str | None, request: gr.Request | None) -> Image.Image:
@@ -389,10 +425,14 @@ class Handlers:
         self.clients.started(client_address(request))
         if not path:
             return self.cleared(WAITING_TEXT)
+        if not Path(path).exists() and self.answered.holds(request.session_hash, path):
+            return (gr.skip(),) * 6  # a second run for a file this page was already answered about: keep that answer
         try:
             image = self.read_upload(path, request)
         except ImageReadError as error:
             return self.cleared(error_markdown(str(error)))
+        finally:
+            self.answered.add(request.session_hash, path)
         prediction = self.classifier.predict([image])[0]
         shown = display_image(image)
         heatmap = self.heatmap_for(image, prediction, shown)
@@ -476,7 +516,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             with gr.Row(equal_height=True):
                 with gr.Column(elem_id="upload-column"):
                     # No file_types filter: DICOM often has no extension; the reader explains anything it cannot use.
-                    upload = with_local_api_example(gr.File(label="Chest X-ray (PNG, JPEG, TIFF, BMP, WebP or DICOM)", type="filepath",
+                    upload = with_local_api_example(gr.File(label=f"Chest X-ray (PNG, JPEG, TIFF, BMP, WebP or DICOM; up to {MAX_FILE_SIZE_MB} MB)", type="filepath",
                                                              elem_id="xray-upload"))
                     gr.Markdown("Upload a frontal chest X-ray of a child, the whole film as exported rather than a crop of it "
                                 "(a tighter framing makes a false PNEUMONIA more likely): the answer appears as soon as the file arrives.",
@@ -512,7 +552,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
                                   validator=handlers.admit_single, concurrency_id=SINGLE_XRAY,
                                   api_description=ANALYSE_DESCRIPTION)
         with gr.Tab("Batch"):
-            batch_upload = with_local_api_example(gr.File(label=f"Up to {MAX_BATCH_FILES} X-rays", file_count="multiple",
+            batch_upload = with_local_api_example(gr.File(label=f"Up to {MAX_BATCH_FILES} X-rays ({MAX_FILE_SIZE_MB} MB each)", file_count="multiple",
                                                           type="filepath", elem_id="batch-upload"))
             batch_button = gr.Button("Analyse all", variant="primary", elem_id="analyse-all")
             table = gr.Dataframe(headers=BATCH_HEADERS, label="Results", interactive=False, wrap=True,
@@ -524,8 +564,7 @@ def build_demo(classifier: PneumoniaClassifier, model_name: str, examples: list[
             batch_button.click(handlers.predict_batch, batch_upload, [table, csv_file], api_name="predict_batch",
                                validator=handlers.admit_batch, api_description=BATCH_DESCRIPTION)
             # In the browser alone: nothing for the server to prepare, and no event for a script to queue.
-            batch_upload.change(None, None, [table, csv_file], js=f"() => [{{headers: {json.dumps(BATCH_HEADERS)}, data: []}}, null]",
-                                api_visibility="private")
+            batch_upload.change(None, batch_upload, [table, csv_file], js=BATCH_LIST_JS, api_visibility="private")
         with gr.Tab("About & API"):
             gr.Markdown(about_markdown(classifier, model_name))
         gr.Markdown(f"Model: {card_link(classifier, model_name)}. From code: the About & API tab (on a wide screen, also “Use via API” at the foot of the page).",

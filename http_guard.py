@@ -172,7 +172,8 @@ class BodyLimits:
         self.tail = window[-(len(self.delimiter) - 1):]
         # n parts have n + 1 delimiters (the last one closes the body)
         if self.delimiters_seen - 1 > self.max_parts:
-            raise self.refusal(f"Too many files in one upload: {self.max_parts} is the maximum allowed size of one request.")
+            raise self.refusal(f"Too many files in one upload: at most {self.max_parts} at a time (a batch takes at most {self.max_parts}). "
+                               "Choose fewer files, and send the rest as another batch.")
         if self.files_only:
             self._check_parts(chunk)
 
@@ -408,7 +409,8 @@ class HttpGuard:
         items, files, paths = _count(content)
         if files > self.max_upload_parts:
             # Gradio prepares every file a request names before any check of the app runs (seconds for thousands)
-            return 413, f"Too many files in one request: {self.max_upload_parts} is the maximum allowed size."
+            return 413, (f"Too many files in one request: {files:,} named, at most {self.max_upload_parts} at a time. "
+                         "Remove some, or send them in several requests (batches).")
         if items > MAX_JSON_ITEMS:  # Gradio's validation error lists every bad item, in its answer and its log
             return 413, f"Too many values in one request: {MAX_JSON_ITEMS} is the maximum allowed size."
         if any(isinstance(p, str) and "://" in p for p in paths):

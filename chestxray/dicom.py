@@ -108,7 +108,9 @@ def _parse(data: bytes, name: str, limits: ReadLimits) -> Dataset:
         dataset = None
     if buffer.exhausted:
         raise ImageReadError(f"`{name}` has a DICOM header too large or too deeply nested to read.")
-    if dataset is None or len(dataset) == 0:
+    # Without a file meta group, any bytes parse as some elements (a text file named .dcm): a DICOM image has
+    # identification (group 0008) or image (group 0028) elements.
+    if dataset is None or len(dataset) == 0 or (not meta and not any(tag.group in (0x0008, 0x0028) for tag in dataset.keys())):
         raise ImageReadError(f"`{name}` is not a readable DICOM file.")
     buffer.max_reads = buffer.reads + _DEFERRED_READS  # the few values asked for later (the pixels among them)
     if deflated:

@@ -193,3 +193,26 @@ def test_an_adult_s_answer_is_marked_not_validated_on_the_page_and_in_the_batch_
                                                  gate=OUTSIDE_POPULATION, message=MESSAGES["adult"]))
     assert "PNEUMONIA (not validated for this patient)" in page and "do not rely on this result" in page
     assert "calibrated on children's X-rays" in page
+
+
+def test_a_second_run_of_the_page_s_event_for_a_file_it_was_answered_about_keeps_that_answer(trained_model, tmp_path):
+    """Gradio can run the change event again for the same file after it was answered (and deleted): the page keeps
+    its answer instead of showing "does not exist". Another page naming the same missing file still gets the error."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from chestxray import PneumoniaClassifier
+
+    handlers = app.Handlers(PneumoniaClassifier.from_pretrained(trained_model), "tiny", app.UploadFolder(str(tmp_path)))
+    film = tmp_path / "content-hash" / "film.png"
+    film.parent.mkdir()
+    synthetic_xray(1, 3).save(film)
+    page = lambda session: SimpleNamespace(headers={}, client=SimpleNamespace(host="127.0.0.1"), session_hash=session)  # noqa: E731
+    first = handlers.show_upload(str(film), page("page-1"))
+    assert "Decision:" in first[2] and not film.exists()  # answered, and the upload deleted
+    assert handlers.show_upload(str(film), page("page-1")) == (gr.skip(),) * 6
+    assert "does not exist" in handlers.show_upload(str(film), page("page-2"))[2]
+    expiring = app.RecentAnswers(lifetime_s=0.0)
+    expiring.add("page-1", str(film))
+    assert not expiring.holds("page-1", str(film))

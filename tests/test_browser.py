@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from conftest import REAL_DATA, synthetic_xray
 
@@ -140,6 +141,25 @@ def test_the_batch_tab_fills_the_table_and_says_when_the_space_is_busy(page, tmp
     page.locator("#analyse-all").click()
     page.get_by_text("The Space is busy").wait_for(timeout=15_000)
     screenshot(page, tmp_path, "batch-busy")
+
+
+def test_a_batch_list_longer_than_a_batch_takes_is_said_as_soon_as_the_files_are_added(page, tmp_path):
+    """The list can grow past 100 in two additions; pressing the button would only be refused (the request names
+    too many files), so the table says so at once."""
+    import app
+
+    films = []
+    for i in range(app.MAX_BATCH_FILES + 1):
+        films.append(tmp_path / f"many-{i:03d}.png")
+        Image.new("L", (16, 16), i).save(films[-1])
+    page.get_by_role("tab", name="Batch").click()
+    page.locator("#batch-upload input[type=file]").set_input_files([str(film) for film in films[:60]])
+    page.locator("#batch-upload").get_by_text("many-059").wait_for(timeout=30_000)
+    page.locator("#batch-upload input[type=file]").set_input_files([str(film) for film in films[60:]])
+    page.wait_for_function(f"() => document.querySelector('#batch-results').innerText"
+                           f".includes('{len(films)} files in the list: a batch takes at most {app.MAX_BATCH_FILES}')",
+                           timeout=30_000)
+    screenshot(page, tmp_path, "batch-list-too-long")
 
 
 def test_analyse_all_without_files_asks_for_them_and_leaves_no_error_on_the_results(page, tmp_path):

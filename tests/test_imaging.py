@@ -82,6 +82,7 @@ def test_dicom_patient_data_never_appears_in_errors(tmp_path):
         (encoded(XRAY, "JPEG")[:200], "cut.jpeg", "truncated or corrupt"),
         (encoded(XRAY, "PNG")[:120], "cut.png", "truncated or corrupt"),
         (b"\x00" * 128 + b"DICM" + b"\x02\x00garbage" * 4, "broken.dcm", "DICOM"),
+        (b"plain notes, saved with a DICOM name\n" * 20, "notes.dcm", "is not a readable DICOM file"),  # not "no pixel data"
     ],
 )
 def test_unusable_files_get_a_clear_message(data, name, message):
