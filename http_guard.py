@@ -172,7 +172,8 @@ class BodyLimits:
         self.tail = window[-(len(self.delimiter) - 1):]
         # n parts have n + 1 delimiters (the last one closes the body)
         if self.delimiters_seen - 1 > self.max_parts:
-            raise self.refusal(f"Too many files in one upload: at most {self.max_parts} at a time (a batch takes at most {self.max_parts}). "
+            # Gradio answers 413 only when the message says "maximum allowed size" (else 400)
+            raise self.refusal(f"Too many files in one upload: {self.max_parts} is the maximum allowed size of one batch. "
                                "Choose fewer files, and send the rest as another batch.")
         if self.files_only:
             self._check_parts(chunk)
