@@ -23,10 +23,13 @@ import time
 from typing import Callable, Iterable
 
 
+UNKNOWN_CLIENT = "unknown"  # a request with no address to place it by
+
+
 def client_address(request) -> str:
     """The client a request came from (a Starlette or Gradio request): its IPv4 address, or its IPv6 /64."""
     if request is None:
-        return "unknown"
+        return UNKNOWN_CLIENT
     if os.environ.get("SPACE_ID"):
         # every X-Forwarded-For line, in order: a proxy may add its own line instead of appending to the client's
         lines = getattr(request.headers, "getlist", None)
@@ -34,7 +37,7 @@ def client_address(request) -> str:
         if forwarded.strip(", "):
             return subscriber([entry.strip() for entry in forwarded.split(",") if entry.strip()][-1])
     client = getattr(request, "client", None)
-    return subscriber(getattr(client, "host", None) or "unknown")
+    return subscriber(getattr(client, "host", None) or UNKNOWN_CLIENT)
 
 
 def subscriber(address: str) -> str:

@@ -43,7 +43,7 @@ from chestxray import ImageReadError, ModelLoadError, PneumoniaClassifier  # noq
 from chestxray.batch import expand_paths, predict_files, read_split_list, write_csv  # noqa: E402
 from chestxray.explain import COLORMAP_ANCHORS, EVIDENCE_FLOOR, display_image, evidence, grad_cam, overlay  # noqa: E402
 from chestxray.ood import OUTSIDE_POPULATION  # noqa: E402
-from admission import BatchAdmission, ClientAdmission, client_address, waiting_events  # noqa: E402
+from admission import UNKNOWN_CLIENT, BatchAdmission, ClientAdmission, client_address, waiting_events  # noqa: E402
 from http_guard import HttpGuard, UploadQuota  # noqa: E402
 
 logger = logging.getLogger("app")
@@ -107,10 +107,12 @@ PAGE_THEME = gr.themes.Soft().set(block_label_text_color="*primary_800", block_t
                                   body_text_color_subdued="*neutral_600")
 # In the browser, when the batch's list of files changes: the old table goes, and a list longer than a batch takes
 # is said at once (the request would be refused when the button is pressed).
+# The sentence follows the count, in the table as in the batch's own refusal.
+TOO_MANY_FILES = (f" files is more than the {MAX_BATCH_FILES} a batch takes: remove some (x beside each), or split them "
+                  "into several batches.")
 BATCH_LIST_JS = (
     f"(files) => {{ const count = (files || []).length, headers = {json.dumps(BATCH_HEADERS)}; "
-    f"const data = count > {MAX_BATCH_FILES} ? [['', null, 'too many', count + ' files in the list: a batch takes at most "
-    f"{MAX_BATCH_FILES}. Remove some (x beside each), or split them into several batches.']] : []; "
+    f"const data = count > {MAX_BATCH_FILES} ? [['', null, 'too many', count + {json.dumps(TOO_MANY_FILES)}]] : []; "
     "return [{headers: headers, data: data}, null]; }"
 )
 # Screen readers hear the answer when it arrives.
@@ -144,28 +146,23 @@ def _upload_name(path: str) -> str:
 EXAMPLES_PREFIX = "examples-"
 
 
-LOCAL_CLIENT = "unknown"  # what admission.client_address calls a request it cannot place
-
-
 class UploadFolder:
     """The private folder uploads and outputs live in, and the rules that keep it empty."""
 
     def __init__(self, root: str) -> None:
         self.root = Path(root).resolve()
         self.protected: set[str] = set()  # Gradio's cached copies of the examples
-        # Identical files are stored at one path: how many uploads of each, by each client, still wait for an answer.
-        self.waiting: Counter[tuple[str, str]] = Counter()
+        # Identical files are stored at one path: for each, how many of its uploads, by each client, still wait for
+        # an answer.
+        self.waiting: dict[str, Counter[str]] = {}
         self.lock = threading.Lock()
 
-    def register(self, paths: list[str], client: str = LOCAL_CLIENT) -> None:
+    def register(self, paths: list[str], client: str = UNKNOWN_CLIENT) -> None:
         """Called for every stored upload (by the HTTP guard, with the client that sent it), before any request can
         use it."""
         with self.lock:
-            self.waiting.update((client, str(Path(path).resolve())) for path in paths)
-
-    def waiting_files(self) -> set[str]:
-        with self.lock:
-            return {file for _, file in self.waiting}
+            for path in paths:
+                self.waiting.setdefault(str(Path(path).resolve()), Counter())[client] += 1
 
     def is_example(self, file: Path) -> bool:
         """Gradio's cached copies, and the app's own examples folder (a child of the root: an upload's name may
@@ -185,7 +182,7 @@ class UploadFolder:
         except (OSError, ValueError):  # a NUL byte, a name too long
             return False
 
-    def discard(self, path: str | None, client: str = LOCAL_CLIENT) -> None:
+    def discard(self, path: str | None, client: str = UNKNOWN_CLIENT) -> None:
         """Delete an answered upload (and its folder once empty), unless it is an example or another upload of the
         same file is still waiting for its answer. Gradio names a folder by the file's content, so identical bytes
         sent under two names, or by two people, share it: the other's file stays until its own answer. An answer
@@ -196,14 +193,13 @@ class UploadFolder:
         file = Path(path).resolve()
         if self.root not in file.parents or self.is_example(file):
             return
-        key = (client, str(file))
         with self.lock:
-            if self.waiting[key] > 0:
-                self.waiting[key] -= 1
-            if self.waiting[key] <= 0:
-                del self.waiting[key]
-            if any(waiting == str(file) for _, waiting in self.waiting):
+            uploads = self.waiting.get(str(file), Counter())
+            if uploads[client] > 0:
+                uploads[client] -= 1
+            if +uploads:  # some client's upload of it still waits (Counter's unary + keeps positive counts)
                 return
+            self.waiting.pop(str(file), None)
         try:
             file.unlink(missing_ok=True)
             if file.parent != self.root:
@@ -217,7 +213,8 @@ class UploadFolder:
         `csv_max_age_s`, and uploads still waiting for their answer once older than `waiting_max_age_s` (never
         asked about, or the queue gave up)."""
         now = time.time()
-        waiting = self.waiting_files()
+        with self.lock:
+            waiting = set(self.waiting)
         try:
             files = list(self.root.rglob("*"))  # listed first: the walk must not enter a folder removed below
         except OSError:  # a folder removed by an answer while it was listed: the next purge sees the rest
@@ -229,9 +226,8 @@ class UploadFolder:
                            else max_age_s)
                 if file.is_file() and not self.is_example(file) and file.stat().st_mtime < now - max_age:
                     file.unlink()
-                    with self.lock:  # an upload nobody asked about
-                        for entry in [entry for entry in self.waiting if entry[1] == key]:
-                            del self.waiting[entry]
+                    with self.lock:
+                        self.waiting.pop(key, None)  # an upload nobody asked about
                     if file.parent != self.root:
                         file.parent.rmdir()  # the folder it was the last file of (only an empty one goes)
             except OSError:
@@ -451,7 +447,7 @@ class Handlers:
         if not paths:
             return "Upload one or more chest X-rays first."
         if len(paths) > MAX_BATCH_FILES:
-            return f"{len(paths)} files is more than the {MAX_BATCH_FILES} a batch can take; split them up."
+            return f"{len(paths)}{TOO_MANY_FILES}"
         return None
 
     def client_refusal(self, request: gr.Request) -> str | None:
@@ -493,8 +489,9 @@ class Handlers:
             results = predict_files(self.classifier, [(_upload_name(p), p) for p in paths],
                                     time_budget_s=BATCH_TIME_BUDGET_S)
         finally:
+            client = client_address(request)
             for path in paths or ():
-                self.uploads.discard(path, client_address(request))
+                self.uploads.discard(path, client)
         rows = [[r.file, r.pneumonia_probability, batch_decision(r), plain(r.error or r.message) or ""] for r in results]
         csv_path = write_csv(results, Path(tempfile.mkdtemp(dir=UPLOAD_DIR, prefix=CSV_PREFIX)) / "pneumonia_predictions.csv")
         return rows, str(csv_path)

@@ -68,6 +68,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from admission import UNKNOWN_CLIENT
+
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 CLOSED_ROUTES = ("/process_recording",)
 NAMED_ROUTE = re.compile(r"/(?P<route>run|api|call|call/v2)/(?P<name>[^/]+)$")  # Gradio's routes that name an endpoint
@@ -352,7 +354,7 @@ class HttpGuard:
                                     self.max_upload_bytes if upload else self.max_request_bytes, files_only=upload)
                 receive = self._counted(scope, receive, limits)
                 if self.on_uploaded is not None and upload:
-                    client = self.client_of(scope) if self.client_of is not None else "unknown"
+                    client = self.client_of(scope) if self.client_of is not None else UNKNOWN_CLIENT
                     send_tracked = self._reporting_stored_paths(send_tracked, client)
             elif scope["method"] in ("POST", "PUT", "PATCH"):
                 receive = self._counted(scope, receive, BodyLimits(None, 0, self.max_request_bytes, multipart=False))
